@@ -1,0 +1,38 @@
+# Every target bootstraps .venv from nothing; Python 3.11+ is the only prerequisite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all venv test lint demo bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("edge-agent needs Python 3.11+") if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check agent drivers simulators
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(BIN)/python -m agent demo --seconds $${DEMO_SECONDS:-0}
+
+bench: $(STAMP)
+	$(BIN)/python bench/derive.py
+	$(BIN)/python bench/outbox.py
+	$(BIN)/python bench/poll.py
+	$(BIN)/python bench/e2e.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Configuration: YAML files with line numbers, read into typed, immutable objects."""

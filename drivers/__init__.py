@@ -1,0 +1,1 @@
+"""Device drivers: one small interface (``drivers.base.Driver``), one folder per protocol."""

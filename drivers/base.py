@@ -1,0 +1,78 @@
+"""The one small interface every driver implements, and the plain data it produces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    BAD = "bad"  # the device answered, but not with a usable value (exception code, wrong length, ...)
+    DISCONNECTED = "disconnected"  # the agent could not talk to the device at all
+
+
+class ConnectionState(StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One tag value as read from a machine. ``timestamp`` is Unix seconds (UTC)."""
+
+    machine_id: str
+    tag: str
+    value: Any
+    quality: Quality
+    timestamp: float
+    reason: str | None = None  # why the quality is not GOOD, in words a plant engineer understands
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmNotice:
+    """An alarm reported by the device itself (an OPC-UA alarm/condition event), not derived from a tag.
+
+    ``active=False`` with ``code=None`` clears every alarm of the machine (MTConnect's NORMAL without a code).
+    """
+
+    machine_id: str
+    code: str | None
+    message: str
+    severity: int
+    active: bool
+    timestamp: float
+
+
+Sample = Reading | AlarmNotice
+Sink = Callable[[Sequence[Sample]], None]
+
+
+class DriverError(Exception):
+    """Connecting failed; the message says why in plain words (never contains secrets)."""
+
+
+class Driver(Protocol):
+    """What the collector needs from a protocol driver.
+
+    ``read`` never raises for device trouble: a failed request yields readings with quality BAD or
+    DISCONNECTED and a reason. ``connect`` raises ``DriverError``; the collector retries with backoff.
+    """
+
+    machine_id: str
+
+    @property
+    def state(self) -> ConnectionState: ...
+
+    async def connect(self) -> None: ...
+
+    async def read(self) -> list[Reading]: ...
+
+    async def subscribe(self, sink: Sink) -> bool:
+        """Start pushing samples to ``sink``; False if this driver (or its config) only polls."""
+        ...
+
+    async def close(self) -> None: ...

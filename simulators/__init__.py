@@ -1,0 +1,1 @@
+"""Simulated CNC machines on OPC-UA and Modbus TCP, playing scripted, deterministic scenarios."""
