@@ -6,6 +6,7 @@ all problems of a file are reported together rather than one per run.
 
 from __future__ import annotations
 
+import builtins
 import math
 import os
 import re
@@ -98,8 +99,8 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
     return out
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)  # type: ignore[arg-type]
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)  # type: ignore[arg-type]
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
 def load_yaml(path: Path, problems: Problems, display: str | None = None) -> Any:
@@ -118,7 +119,7 @@ def load_yaml(path: Path, problems: Problems, display: str | None = None) -> Any
 
 def parse_yaml(text: str, name: str, problems: Problems) -> Any:
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return yaml.load(text, Loader=_Loader)  # _Loader derives from SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -202,7 +203,9 @@ def one_of(*choices: str, case: bool = False) -> Callable[[Any], str]:
     return convert
 
 
-def in_range(conv: Callable[[Any], T], lo: float | None = None, hi: float | None = None) -> Callable[[Any], T]:
+def in_range(
+    conv: Callable[[Any], T], lo: float | None = None, hi: float | None = None
+) -> Callable[[Any], T]:
     def convert(value: Any) -> T:
         out = conv(value)
         num = cast(float, out)
@@ -306,7 +309,7 @@ class Section:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def keys(self) -> list[str]:
+    def keys(self) -> builtins.list[str]:
         return list(self.data.keys())
 
     def raw(self, key: str, default: Any = None) -> Any:
@@ -355,7 +358,7 @@ class Section:
             base_dir=self.base_dir,
         )
 
-    def list(self, key: str, *, required: bool = False) -> list[tuple[str, int | None, Any]]:
+    def list(self, key: str, *, required: bool = False) -> builtins.list[tuple[str, int | None, Any]]:
         """A list value as ``(key path, line, item)`` triples; a single scalar counts as a list of one."""
         self._used.add(key)
         value = self.data.get(key)
@@ -372,21 +375,23 @@ class Section:
             out.append((f"{self.key_path(key)}[{i}]", line, item))
         return out
 
-    def sections(self, key: str, *, required: bool = False) -> list[Section]:
+    def sections(self, key: str, *, required: bool = False) -> builtins.list[Section]:
         """A list of mappings."""
         return [
-            Section(item, file=self.file, path=path, problems=self.problems, line=line, base_dir=self.base_dir)
+            Section(
+                item, file=self.file, path=path, problems=self.problems, line=line, base_dir=self.base_dir
+            )
             for path, line, item in self.list(key, required=required)
         ]
 
     def named_sections(self, key: str) -> Iterator[tuple[str, Section]]:
         """A mapping of name -> mapping, such as ``tags:``."""
         sub = self.sub(key)
-        for name in sub.keys():
+        for name in sub.keys():  # noqa: SIM118 - Section is not a dict
             yield name, sub.sub(name)
 
-    def list_of(self, key: str, conv: Callable[[Any], T]) -> list[T]:
-        out: list[T] = []
+    def list_of(self, key: str, conv: Callable[[Any], T]) -> builtins.list[T]:
+        out: builtins.list[T] = []
         for path, line, item in self.list(key):
             try:
                 out.append(conv(item))
@@ -406,7 +411,10 @@ class Section:
         if not given:
             if required:
                 self.problems.add(
-                    self.file, self.line, self.key_path(key), f"required: one of {literal}, {file_key}, {env_key}"
+                    self.file,
+                    self.line,
+                    self.key_path(key),
+                    f"required: one of {literal}, {file_key}, {env_key}",
                 )
             return None
         k = given[0]

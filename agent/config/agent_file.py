@@ -1,0 +1,154 @@
+"""``agent.yaml`` and everything it points at: the whole configuration, loaded and checked at once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.config.machines import MachineConfig, load_machines
+from agent.config.source import (
+    ConfigError,
+    Problems,
+    Section,
+    as_str,
+    load_yaml,
+    one_of,
+)
+
+if TYPE_CHECKING:
+    from agent.api.settings import ApiConfig
+    from agent.delivery.settings import DeliveryConfig, OutboxConfig
+    from agent.derive.spec import Categories
+    from agent.workflows.spec import Workflow
+
+DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    file: Path
+    name: str
+    state_dir: Path
+    machines_dir: Path
+    workflows_dir: Path | None
+    log_level: str
+    log_format: str
+    api: ApiConfig
+    outbox: OutboxConfig
+    delivery: DeliveryConfig
+    categories: Categories
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentConfig
+    machines: tuple[MachineConfig, ...] = ()
+    workflows: tuple[Workflow, ...] = field(default_factory=tuple)
+
+    def machine(self, machine_id: str) -> MachineConfig | None:
+        return next((m for m in self.machines if m.id == machine_id), None)
+
+
+def _path(section: Section, key: str, default: Path | None, base: Path) -> Path | None:
+    raw = section.opt(key, as_str)
+    if raw is None:
+        return default
+    p = Path(raw).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def _read_agent(
+    path: Path, problems: Problems, state_dir_override: Path | None
+) -> tuple[AgentConfig | None, Any]:
+    data = load_yaml(path, problems, str(path))
+    if data is None:
+        return None, None
+    base = path.parent
+    top = Section(data, file=str(path), path="", problems=problems, base_dir=base)
+    if not top.ok:
+        return None, None
+    agent = top.sub("agent")
+    name = agent.get("name", as_str, "edge-agent")
+    env_state = os.environ.get("STATE_DIRECTORY")  # set by systemd's StateDirectory=
+    state_default = Path(env_state.split(":")[0]) if env_state else DEFAULT_STATE_DIR
+    state_dir = _path(agent, "state_dir", state_default, base) or state_default
+    if state_dir_override is not None:
+        state_dir = state_dir_override
+    machines_dir = _path(agent, "machines_dir", base / "machines", base) or base / "machines"
+    workflows_dir = _path(agent, "workflows_dir", base / "workflows", base)
+    agent.done()
+
+    log = top.sub("log")
+    level = log.get("level", one_of("debug", "info", "warning", "error"), "info")
+    fmt = log.get("format", one_of("json", "console"), "json")
+    log.done()
+
+    from agent.api.settings import parse_api
+    from agent.delivery.settings import parse_delivery, parse_outbox
+    from agent.derive.spec import parse_categories
+
+    api = parse_api(top.sub("api"))
+    outbox = parse_outbox(top.sub("outbox"))
+    delivery = parse_delivery(top.sub("delivery"))
+    categories = parse_categories(top)
+    workflows_raw = top.raw("workflows")
+    top.done()
+    cfg = AgentConfig(
+        file=path,
+        name=name,
+        state_dir=state_dir,
+        machines_dir=machines_dir,
+        workflows_dir=workflows_dir,
+        log_level=level,
+        log_format=fmt,
+        api=api,
+        outbox=outbox,
+        delivery=delivery,
+        categories=categories,
+    )
+    return cfg, (top, workflows_raw)
+
+
+def load_agent_config(path: Path, state_dir: Path | None = None) -> AgentConfig:
+    """Only ``agent.yaml`` (what the CLI needs to find the state directory and the API)."""
+    problems = Problems()
+    cfg, _ = _read_agent(path, problems, state_dir)
+    problems.raise_if_any()
+    assert cfg is not None
+    return cfg
+
+
+def collect_config(path: Path, state_dir: Path | None = None) -> tuple[Config | None, Problems]:
+    """Load everything; all problems of all files are returned together."""
+    problems = Problems()
+    agent, extra = _read_agent(path, problems, state_dir)
+    if agent is None:
+        return None, problems
+    root = path.parent
+    machines = load_machines(agent.machines_dir, problems, display_root=root.parent)
+
+    from agent.workflows.spec import load_workflows
+
+    top, inline = extra
+    workflows = load_workflows(
+        agent.workflows_dir,
+        inline=top.sections("workflows") if inline is not None else [],
+        delivery=agent.delivery,
+        problems=problems,
+        display_root=root.parent,
+        machine_ids={m.id for m in machines},
+        groups={m.group for m in machines if m.group},
+        categories=agent.categories,
+    )
+    if problems:
+        return None, problems
+    return Config(agent=agent, machines=tuple(machines), workflows=tuple(workflows)), problems
+
+
+def load_config(path: Path, state_dir: Path | None = None) -> Config:
+    config, problems = collect_config(path, state_dir)
+    if config is None:
+        raise ConfigError(problems.items)
+    return config

@@ -1,0 +1,199 @@
+"""Machine files: one YAML file per machine, optionally on top of a ready-made profile."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.config.source import (
+    LineDict,
+    LineList,
+    Problems,
+    Section,
+    as_duration,
+    as_str,
+    in_range,
+    load_yaml,
+    parse_yaml,
+)
+from agent.events import MachineRef
+
+if TYPE_CHECKING:
+    from drivers.modbus.config import ModbusMachineConfig
+    from drivers.opcua.config import OpcuaMachineConfig
+
+    from agent.derive.spec import DerivationSpec
+
+PROTOCOLS = ("modbus", "opcua")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    id: str
+    name: str
+    group: str | None
+    file: str
+    protocol: str
+    poll_interval: float
+    connection: ModbusMachineConfig | OpcuaMachineConfig
+    derivation: DerivationSpec
+    profile: str | None = None
+
+    @property
+    def ref(self) -> MachineRef:
+        return MachineRef(self.id, self.name, self.group)
+
+    @property
+    def subscribes(self) -> bool:
+        return bool(getattr(self.connection, "subscribe", False))
+
+
+def profile_names() -> list[str]:
+    folder = resources.files("agent.profiles")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _load_profile(name: str, problems: Problems) -> Any:
+    path = resources.files("agent.profiles").joinpath(f"{name}.yaml")
+    return parse_yaml(path.read_text(encoding="utf-8"), f"profile {name}", problems)
+
+
+def _relabel(node: Any, line: int | None) -> Any:
+    """A copy of a profile subtree whose lines all point at the machine file's ``profile:`` key.
+
+    Errors in profile-provided keys then name the machine file (the one the user can edit) and the
+    line where the profile was chosen, instead of a line in a file inside the installed package.
+    """
+    if isinstance(node, dict):
+        out = LineDict((k, _relabel(v, line)) for k, v in node.items())
+        out.line = line
+        out.key_lines = dict.fromkeys(out, line or 0)
+        return out
+    if isinstance(node, list):
+        lst = LineList(_relabel(v, line) for v in node)
+        lst.line = line
+        lst.item_lines = [line or 0] * len(lst)
+        return lst
+    return node
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Machine file over profile: mappings merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = LineDict(base)
+        out.line = getattr(over, "line", None)
+        out.key_lines = {**getattr(base, "key_lines", {}), **getattr(over, "key_lines", {})}
+        for key, value in over.items():
+            out[key] = _merge(base[key], value) if key in base else value
+        return out
+    return over
+
+
+def parse_machine(
+    data: Any, file: str, problems: Problems, base_dir: Path | None = None
+) -> MachineConfig | None:
+    """Read one machine file's content; problems are collected, ``None`` when the file is unusable."""
+    top = Section(data, file=file, path="", problems=problems, base_dir=base_dir)
+    if not top.ok:
+        return None
+    before = len(problems.items)
+    profile = top.opt("profile", as_str)
+    if profile is not None:
+        names = profile_names()
+        if profile not in names:
+            top.error("profile", f"unknown profile {profile!r}; expected one of {', '.join(names)}")
+        else:
+            merged = _merge(_relabel(_load_profile(profile, problems), top.line_of("profile")), data)
+            top = Section(merged, file=file, path="", problems=problems, base_dir=base_dir)
+            top.raw("profile")
+
+    stem = Path(file).stem
+    machine_id = top.get("id", as_str, stem)
+    if machine_id and not _ID.match(machine_id):
+        top.error("id", f"invalid machine id {machine_id!r}: use letters, digits, '.', '_' or '-' (max 64)")
+    name = top.get("name", as_str, machine_id)
+    group = top.opt("group", as_str)
+    poll_interval = top.get("poll_interval", in_range(as_duration, 0.01, 3600), 1.0)
+
+    given = [p for p in PROTOCOLS if top.has(p)]
+    if len(given) != 1:
+        top.error_here(
+            "exactly one connection section is needed: modbus or opcua"
+            + (f" (found {', '.join(given)})" if given else "")
+        )
+        for key in ("modbus", "opcua", "tags", "status", "alarms", "downtime", "parts"):
+            top.raw(key)
+        top.done()
+        return None
+    protocol = given[0]
+    conn = top.sub(protocol)
+    tags = top.sub("tags", required=True)
+    connection: ModbusMachineConfig | OpcuaMachineConfig
+    if protocol == "modbus":
+        from drivers.modbus.config import parse as parse_modbus
+
+        connection = parse_modbus(machine_id, conn, tags, poll_interval)
+    else:
+        from drivers.opcua.config import parse as parse_opcua
+
+        connection = parse_opcua(machine_id, conn, tags, poll_interval)
+
+    from agent.derive.spec import parse_derivation
+
+    derivation = parse_derivation(top, set(connection.tag_names))
+    top.done()
+    if len(problems.items) > before:
+        return None
+    return MachineConfig(
+        id=machine_id,
+        name=name,
+        group=group,
+        file=file,
+        protocol=protocol,
+        poll_interval=poll_interval,
+        connection=connection,
+        derivation=derivation,
+        profile=profile,
+    )
+
+
+def load_machines(folder: Path, problems: Problems, display_root: Path | None = None) -> list[MachineConfig]:
+    """Every ``*.yaml`` / ``*.yml`` in ``folder``; duplicate ids are reported with both files."""
+    if not folder.is_dir():
+        problems.add(str(folder), None, "", "machines directory not found")
+        return []
+    machines: list[MachineConfig] = []
+    seen: dict[str, str] = {}
+    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    for path in files:
+        shown = _display(path, display_root)
+        data = load_yaml(path, problems, shown)
+        if data is None:
+            if path.stat().st_size == 0:
+                problems.add(shown, None, "", "file is empty")
+            continue
+        machine = parse_machine(data, shown, problems, base_dir=path.parent)
+        if machine is None:
+            continue
+        if machine.id in seen:
+            line = getattr(data, "key_lines", {}).get("id")
+            problems.add(
+                shown, line, "id", f"duplicate machine id {machine.id!r}: also defined in {seen[machine.id]}"
+            )
+            continue
+        seen[machine.id] = shown
+        machines.append(machine)
+    return machines
+
+
+def _display(path: Path, root: Path | None) -> str:
+    if root is not None:
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            pass
+    return str(path)
