@@ -349,7 +349,9 @@ class Player:
 
     def _cycle_time(self) -> float:
         base = self.step.cycle or 0.0
-        rng = random.Random(f"{self.seed}/{self.state.name}/cycle/{self._round}/{self._index}/{self._cycle_index}")
+        rng = random.Random(
+            f"{self.seed}/{self.state.name}/cycle/{self._round}/{self._index}/{self._cycle_index}"
+        )
         return max(base * (1.0 + self.scenario.jitter * rng.uniform(-1.0, 1.0)), 0.001)
 
     def _flow(self, to: float) -> None:

@@ -1,8 +1,399 @@
+"""``edge-agent outbox|history|endpoint|secret``: look into and repair webhook delivery.
+
+The commands open the agent's outbox file directly (WAL lets them while the agent runs). A retry
+made here is picked up by a running agent at its next maintenance pass (within a minute) or wake.
+"""
+
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from agent.config.source import as_duration
+from agent.delivery.outbox import Outbox, OutboxError
+from agent.delivery.retry import CANCELLED, DEAD, DELIVERED, PENDING, STATES
+from agent.delivery.settings import OUTBOX_FILE, OutboxConfig
+from agent.delivery.signing import generate_secret
+from agent.events import iso_utc
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Placeholder until this area's commands land."""
+    ob = sub.add_parser("outbox", help="list, inspect, retry and purge webhook deliveries")
+    obs = ob.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
+
+    p = obs.add_parser("list", help="deliveries, newest first")
+    _state_args(p)
+    p.add_argument("--state", choices=STATES)
+    p.add_argument("--workflow")
+    p.add_argument("--since", help="only newer than this, e.g. 1h, 30m, 7d")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(handler=_h_list)
+
+    p = obs.add_parser("show", help="one delivery with its body and every attempt")
+    _state_args(p)
+    p.add_argument("id", type=int)
+    p.set_defaults(handler=_h_show)
+
+    p = obs.add_parser("retry", help="send a delivery again now (or every dead one with --dead)")
+    _state_args(p)
+    p.add_argument("id", type=int, nargs="?")
+    p.add_argument("--dead", action="store_true", help="retry every dead delivery")
+    p.set_defaults(handler=_h_retry)
+
+    p = obs.add_parser("cancel", help="stop trying a pending or dead delivery")
+    _state_args(p)
+    p.add_argument("id", type=int)
+    p.set_defaults(handler=_h_cancel)
+
+    p = obs.add_parser("purge", help="delete finished deliveries (delivered, dead, cancelled)")
+    _state_args(p)
+    p.add_argument(
+        "--state",
+        action="append",
+        choices=[PENDING, DELIVERED, DEAD, CANCELLED],
+        help="only these states (repeatable); pending must be named explicitly",
+    )
+    p.add_argument("--endpoint", help="only this endpoint key (workflow#index)")
+    p.add_argument("--older-than", help="only rows last changed longer ago than this, e.g. 7d")
+    p.set_defaults(handler=_h_purge)
+
+    p = sub.add_parser("history", help="workflow executions: each event and what its webhooks did")
+    _state_args(p)
+    p.add_argument("--workflow")
+    p.add_argument("--since", help="e.g. 1h, 30m, 7d")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(handler=_h_history)
+
+    ep = sub.add_parser("endpoint", help="webhook endpoints: state, re-enable after 410 Gone")
+    eps = ep.add_subparsers(dest="endpoint_command", metavar="ACTION", required=True)
+    p = eps.add_parser("list", help="every URL in the outbox with counts and disabled state")
+    _state_args(p)
+    p.set_defaults(handler=_h_endpoint_list)
+    p = eps.add_parser("enable", help="re-enable an endpoint disabled after 410 Gone")
+    _state_args(p)
+    p.add_argument("url")
+    p.set_defaults(handler=_h_endpoint_enable)
+
+    sp = sub.add_parser("secret", help="webhook signing secrets")
+    sps = sp.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
+    p = sps.add_parser("generate", help="print a new whsec_ secret (Standard Webhooks)")
+    p.add_argument("--bytes", type=int, default=32, help="random bytes, 24..64 (default 32)")
+    p.set_defaults(handler=_h_secret_generate)
+
+
+def _state_args(p: argparse.ArgumentParser) -> None:
+    from agent.commands.common import add_config_arg
+
+    add_config_arg(p)
+
+
+def _resolve(args: argparse.Namespace) -> tuple[Path, OutboxConfig]:
+    from agent.commands.common import load_agent_config_or_exit
+
+    cfg = load_agent_config_or_exit(args)
+    return cfg.state_dir, cfg.outbox
+
+
+def _since(text: str | None, now: float) -> float | None:
+    if text is None:
+        return None
+    return now - as_duration(text)
+
+
+def _run(
+    state_dir: Path,
+    config: OutboxConfig | None,
+    out: TextIO,
+    body: Callable[[Outbox], Awaitable[int]],
+) -> int:
+    path = state_dir / OUTBOX_FILE
+    if not path.exists():
+        print(f"no outbox at {path} (has the agent run with this state_dir?)", file=sys.stderr)
+        return 1
+
+    async def go() -> int:
+        box = await Outbox.open(path, config or OutboxConfig(), recover=False)
+        try:
+            return await body(box)
+        finally:
+            await box.close()
+
+    try:
+        return asyncio.run(go())
+    except OutboxError as exc:
+        print(f"outbox {path}: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # bad --since / --state values
+        print(str(exc), file=sys.stderr)
+        return 2
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else iso_utc(round(ts))
+
+
+# ---- command functions (explicit state dir; the argparse handlers below resolve it from config)
+
+
+def outbox_list(
+    state_dir: Path,
+    *,
+    state: str | None = None,
+    workflow: str | None = None,
+    since: str | None = None,
+    limit: int = 50,
+    config: OutboxConfig | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    async def body(box: Outbox) -> int:
+        page = await box.list(state=state, workflow=workflow, since=_since(since, time.time()), limit=limit)
+        counts = await box.counts()
+        age = "-" if counts.oldest_pending_age is None else f"{counts.oldest_pending_age:.0f}s"
+        out.write(
+            f"pending {counts.pending}  in flight {counts.in_flight}  delivered {counts.delivered}  "
+            f"dead {counts.dead}  cancelled {counts.cancelled}  oldest pending {age}  "
+            f"size {counts.bytes / 2**20:.1f} MiB\n"
+        )
+        if not page.items:
+            out.write("no deliveries match\n")
+            return 0
+        out.write(f"{'ID':>8}  {'STATE':<10} {'TRY':>3}  {'CREATED':<20}  {'WORKFLOW#ACTION':<28} LAST\n")
+        for d in page.items:
+            last = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "")
+            out.write(
+                f"{d.id:>8}  {d.state:<10} {d.attempts:>3}  {_when(d.created_at):<20}  "
+                f"{d.endpoint:<28} {last}\n"
+            )
+        if page.next_cursor is not None:
+            out.write(f"(more: showing the newest {limit}; use --limit or --since)\n")
+        return 0
+
+    return _run(state_dir, config, out, body)
+
+
+def outbox_show(
+    state_dir: Path, delivery_id: int, *, config: OutboxConfig | None = None, out: TextIO = sys.stdout
+) -> int:
+    async def body(box: Outbox) -> int:
+        detail = await box.get(delivery_id)
+        if detail is None:
+            print(f"no delivery {delivery_id}", file=sys.stderr)
+            return 1
+        d = detail.summary
+        for label, value in (
+            ("id", d.id),
+            ("webhook-id", d.message_id),
+            ("state", d.state),
+            ("workflow", d.workflow),
+            ("endpoint", d.endpoint),
+            ("url", d.url),
+            ("event", f"{d.event_type} {d.event_id}"),
+            ("machine", d.machine_id or "-"),
+            ("created", _when(d.created_at)),
+            ("next attempt", _when(d.due_at) if d.state == PENDING else "-"),
+            ("attempts", d.attempts),
+            ("last error", d.last_error or "-"),
+        ):
+            out.write(f"{label:>13}: {value}\n")
+        out.write("body:\n")
+        try:
+            pretty = json.dumps(json.loads(detail.body), indent=2, ensure_ascii=False)
+        except ValueError:
+            pretty = detail.body.decode("utf-8", "replace")
+        out.write("".join(f"  {line}\n" for line in pretty.splitlines()))
+        out.write(f"attempts ({len(detail.attempts)}):\n")
+        for a in detail.attempts:
+            status = a.status if a.status is not None else "---"
+            latency = f"{a.latency * 1000:.0f}ms" if a.latency is not None else "-"
+            err = f" {a.error_class}: {a.error}" if a.error else ""
+            out.write(f"  {_when(a.at)}  {status}  {latency}{err}\n")
+            if a.response:
+                out.write(f"    response: {a.response[:200].decode('utf-8', 'replace')!r}\n")
+        return 0
+
+    return _run(state_dir, config, out, body)
+
+
+def outbox_retry(
+    state_dir: Path,
+    delivery_id: int | None = None,
+    *,
+    dead: bool = False,
+    config: OutboxConfig | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    if (delivery_id is None) == (not dead):
+        print("give a delivery ID or --dead (not both)", file=sys.stderr)
+        return 2
+
+    async def body(box: Outbox) -> int:
+        if dead:
+            n = await box.retry_dead()
+            out.write(f"{n} dead deliveries queued again\n")
+            return 0
+        assert delivery_id is not None
+        if await box.retry(delivery_id):
+            out.write(f"delivery {delivery_id} queued again\n")
+            return 0
+        print(f"no delivery {delivery_id} that can be retried (unknown or in flight)", file=sys.stderr)
+        return 1
+
+    return _run(state_dir, config, out, body)
+
+
+def outbox_cancel(
+    state_dir: Path, delivery_id: int, *, config: OutboxConfig | None = None, out: TextIO = sys.stdout
+) -> int:
+    async def body(box: Outbox) -> int:
+        if await box.cancel(delivery_id):
+            out.write(f"delivery {delivery_id} cancelled\n")
+            return 0
+        print(f"no pending or dead delivery {delivery_id}", file=sys.stderr)
+        return 1
+
+    return _run(state_dir, config, out, body)
+
+
+def outbox_purge(
+    state_dir: Path,
+    *,
+    states: list[str] | None = None,
+    endpoint: str | None = None,
+    older_than: str | None = None,
+    config: OutboxConfig | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    try:
+        older = as_duration(older_than) if older_than is not None else None
+    except ValueError as exc:
+        print(f"--older-than: {exc}", file=sys.stderr)
+        return 2
+
+    async def body(box: Outbox) -> int:
+        n = await box.purge(
+            tuple(states or (DELIVERED, DEAD, CANCELLED)), endpoint=endpoint, older_than=older
+        )
+        out.write(f"{n} deliveries purged\n")
+        return 0
+
+    return _run(state_dir, config, out, body)
+
+
+def history(
+    state_dir: Path,
+    *,
+    workflow: str | None = None,
+    since: str | None = None,
+    limit: int = 50,
+    config: OutboxConfig | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    async def body(box: Outbox) -> int:
+        page = await box.executions(workflow=workflow, since=_since(since, time.time()), limit=limit)
+        if not page.items:
+            out.write("no executions match\n")
+            return 0
+        out.write(f"{'WHEN':<20}  {'WORKFLOW':<24} {'EVENT':<24} {'MACHINE':<12} RESULT\n")
+        for e in page.items:
+            result = ", ".join(f"{n} {s}" for s, n in e.states.items())
+            if e.last_error and ("dead" in e.states or "pending" in e.states):
+                result += f" ({e.last_error})"
+            out.write(
+                f"{_when(e.created_at):<20}  {e.workflow:<24} {e.event_type:<24} "
+                f"{e.machine_id or '-':<12} {result}\n"
+            )
+        return 0
+
+    return _run(state_dir, config, out, body)
+
+
+def endpoint_list(state_dir: Path, *, config: OutboxConfig | None = None, out: TextIO = sys.stdout) -> int:
+    async def body(box: Outbox) -> int:
+        rows = await box.endpoint_summary()
+        if not rows:
+            out.write("no endpoints in the outbox yet\n")
+        for e in rows:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(e.counts.items())) or "no deliveries"
+            flag = f"DISABLED ({e.disabled_reason})" if e.disabled_reason else "enabled"
+            out.write(f"{e.url}  {flag}  {counts}\n")
+        return 0
+
+    return _run(state_dir, config, out, body)
+
+
+def endpoint_enable(
+    state_dir: Path, url: str, *, config: OutboxConfig | None = None, out: TextIO = sys.stdout
+) -> int:
+    async def body(box: Outbox) -> int:
+        if await box.enable_endpoint(url):
+            out.write(f"{url} enabled; a running agent resumes it within a minute\n")
+            return 0
+        print(f"{url} is not disabled", file=sys.stderr)
+        return 1
+
+    return _run(state_dir, config, out, body)
+
+
+def secret_generate(nbytes: int = 32, out: TextIO = sys.stdout) -> int:
+    try:
+        out.write(generate_secret(nbytes) + "\n")
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---- argparse handlers
+
+
+def _with_state(args: argparse.Namespace, fn: Callable[..., int], *a: Any, **kw: Any) -> int:
+    state_dir, config = _resolve(args)
+    return fn(state_dir, *a, config=config, **kw)
+
+
+def _h_list(args: argparse.Namespace) -> int:
+    return _with_state(
+        args, outbox_list, state=args.state, workflow=args.workflow, since=args.since, limit=args.limit
+    )
+
+
+def _h_show(args: argparse.Namespace) -> int:
+    return _with_state(args, outbox_show, args.id)
+
+
+def _h_retry(args: argparse.Namespace) -> int:
+    return _with_state(args, outbox_retry, args.id, dead=args.dead)
+
+
+def _h_cancel(args: argparse.Namespace) -> int:
+    return _with_state(args, outbox_cancel, args.id)
+
+
+def _h_purge(args: argparse.Namespace) -> int:
+    return _with_state(
+        args, outbox_purge, states=args.state, endpoint=args.endpoint, older_than=args.older_than
+    )
+
+
+def _h_history(args: argparse.Namespace) -> int:
+    return _with_state(args, history, workflow=args.workflow, since=args.since, limit=args.limit)
+
+
+def _h_endpoint_list(args: argparse.Namespace) -> int:
+    return _with_state(args, endpoint_list)
+
+
+def _h_endpoint_enable(args: argparse.Namespace) -> int:
+    return _with_state(args, endpoint_enable, args.url)
+
+
+def _h_secret_generate(args: argparse.Namespace) -> int:
+    return secret_generate(args.bytes)

@@ -1,8 +1,60 @@
+"""``edge-agent run`` (the daemon) and ``edge-agent reload`` (re-read config in the running agent)."""
+
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import sys
 from typing import Any
+
+from agent.commands.common import add_config_arg, config_path, load_config_or_exit
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
-    """Placeholder until this area's commands land."""
+    p = sub.add_parser("run", help="run the agent (what the systemd service starts)")
+    add_config_arg(p)
+    p.add_argument("--log-format", choices=("json", "console"), help="override log.format")
+    p.set_defaults(handler=run)
+
+    r = sub.add_parser("reload", help="make the running agent re-read its configuration (like SIGHUP)")
+    add_config_arg(r)
+    r.set_defaults(handler=reload)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.logs import configure
+    from agent.notify import Notifier
+    from agent.runtime import Runtime
+
+    config = load_config_or_exit(args)
+    configure(config.agent.log_level, args.log_format or config.agent.log_format)
+    runtime = Runtime(
+        config, config_path=config_path(args), state_dir=args.state_dir, notifier=Notifier.from_env()
+    )
+    return asyncio.run(runtime.serve())
+
+
+def reload(args: argparse.Namespace) -> int:
+    from agent.api.client import ApiClient, ApiError
+    from agent.commands.common import load_agent_config_or_exit
+
+    agent = load_agent_config_or_exit(args)
+
+    async def call() -> dict[str, Any]:
+        async with ApiClient.from_config(agent.api) as client:
+            result: dict[str, Any] = await client.request("POST", "/api/v1/reload", expect=(200, 422))
+            return result
+
+    try:
+        result = asyncio.run(call())
+    except ApiError as exc:
+        print(f"reload failed: {exc}", file=sys.stderr)
+        return 1
+    if not result.get("ok"):
+        print("the new configuration was rejected; the agent keeps running the old one:", file=sys.stderr)
+        for line in result.get("errors", []):
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in result.items() if k != "ok"}, indent=2))
+    return 0

@@ -36,7 +36,8 @@ def check_timezone(name: str) -> str:
 
 
 def _pinned_hour(expr: str) -> bool:
-    return croniter(expr).expanded[1] != ["*"]
+    hours: list[object] = croniter(expr).expanded[1]
+    return hours != ["*"]
 
 
 def next_fire(expr: str, timezone: str, after: float) -> float:

@@ -7,6 +7,7 @@ collected with file, line and key path; unknown keys are errors.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -134,13 +135,21 @@ class ScheduledTrigger:
         return {"type": self.type, "cron": self.cron, "timezone": self.timezone}
 
 
-Trigger = StatusTrigger | AlarmTrigger | CategorizedTrigger | ExceededTrigger | ManualTrigger | ScheduledTrigger
+Trigger = (
+    StatusTrigger | AlarmTrigger | CategorizedTrigger | ExceededTrigger | ManualTrigger | ScheduledTrigger
+)
 
 
 @dataclass(frozen=True)
 class WebhookAction:
-    endpoint: EndpointConfig  # key "<workflow name>#<index>", url, secrets, headers, timeout, signature
-    delay: float = 0.0  # seconds; becomes the outbox row's not_before, so it survives restarts
+    endpoint: (
+        EndpointConfig  # key "<workflow name>#<index>", url, secrets, headers, timeout, delay, signature
+    )
+
+    @property
+    def delay(self) -> float:
+        """Seconds; becomes the outbox row's ``not_before``, so the hold survives restarts."""
+        return self.endpoint.delay
 
 
 @dataclass(frozen=True)
@@ -226,21 +235,20 @@ def _parse_trigger(sec: Section) -> Trigger | None:
     return trigger
 
 
-def _parse_action(sec: Section, name: str, index: int, delivery: DeliveryConfig | None) -> WebhookAction | None:
-    from agent.delivery.settings import parse_webhook
+def _parse_action(
+    sec: Section, name: str, index: int, delivery: DeliveryConfig | None
+) -> WebhookAction | None:
+    from agent.delivery.settings import DeliveryConfig, parse_webhook
 
-    if not sec.has("webhook"):
+    present = sec.has("webhook")
+    if not present and sec.ok:
         sec.error_here("an action needs a webhook: mapping (the only action type)")
-    hook = sec.sub("webhook", required=False)
+    hook = sec.sub("webhook")
     sec.done()
-    if not sec.has("webhook"):
+    if not present:
         return None
-    # Read before parse_webhook so its done() does not see delay as unknown.
-    delay = hook.get("delay", in_range(as_duration, 0, 30 * 86400), 0.0)
-    endpoint = parse_webhook(hook, endpoint_key(name, index), delivery)
-    if endpoint is None:
-        return None
-    return WebhookAction(endpoint=endpoint, delay=delay)
+    endpoint = parse_webhook(hook, endpoint_key(name, index), delivery or DeliveryConfig())
+    return WebhookAction(endpoint=endpoint)
 
 
 def parse_workflow(
@@ -259,7 +267,9 @@ def parse_workflow(
     before = len(section.problems.items)
     name = section.need("name", as_str)
     if name is not None and not _NAME.match(name):
-        section.error("name", "a workflow name must be 1-100 characters without '/', '#' or control characters")
+        section.error(
+            "name", "a workflow name must be 1-100 characters without '/', '#' or control characters"
+        )
     description = section.opt("description", as_str)
     enabled = section.get("enabled", as_bool, True)
     scope_sec = section.sub("scope")
@@ -278,11 +288,15 @@ def parse_workflow(
     trigger = _parse_trigger(section.sub("trigger", required=True))
     if isinstance(trigger, CategorizedTrigger) and categories is not None:
         allowed = set(categories)
+        folded = {" ".join(c.split()).casefold() for c in allowed}
         trig_sec = section.sub("trigger")
         for path, line, item in trig_sec.list("categories"):
-            if isinstance(item, str) and item not in allowed:
+            if isinstance(item, str) and " ".join(item.split()).casefold() not in folded:
                 section.problems.add(
-                    section.file, line, path, f"unknown category {item!r}; expected one of {', '.join(sorted(allowed))}"
+                    section.file,
+                    line,
+                    path,
+                    f"unknown category {item!r}; expected one of {', '.join(sorted(allowed))}",
                 )
     min_interval = section.get("min_interval", as_duration, 0.0)
     actions: list[WebhookAction] = []
@@ -341,10 +355,8 @@ def load_workflows(
         for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
             shown = str(path)
             if display_root is not None:
-                try:
+                with contextlib.suppress(ValueError):
                     shown = str(path.relative_to(display_root))
-                except ValueError:
-                    pass
             data = load_yaml(path, problems, shown)
             if data is None:
                 if path.stat().st_size == 0:

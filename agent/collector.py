@@ -1,0 +1,241 @@
+"""One machine's collection loop, the same for every protocol: connect, then poll (or subscribe).
+
+Each machine gets its own ``Collector`` running as its own task, so a slow, hung or refusing machine
+only ever delays itself. Polls keep a fixed cadence measured from the previous *scheduled* start; a
+poll that overruns skips the ticks it missed instead of queueing them, and no poll of a machine
+starts while the previous one still runs (there is only ever one ``read`` awaited per machine).
+
+The scheduling arithmetic (``next_slot``, ``backoff_delay``) is pure; ``Collector`` is the thin shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from drivers.base import ConnectionState, Driver, DriverError, Quality, Reading, Sample, Sink
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+LAG_WINDOW = 120  # recent cycle lags kept per machine for metrics
+
+
+def backoff_delay(failures: int, base: float, cap: float, jitter: float) -> float:
+    """Seconds to wait after ``failures`` failures in a row: base doubling up to cap, ±25 % jitter.
+
+    Jitter keeps a plant's worth of machines behind one rebooted switch from reconnecting in step.
+    """
+    full = min(cap, math.ldexp(base, min(max(failures - 1, 0), 32)))
+    return min(cap, full * (0.75 + 0.5 * jitter))
+
+
+def next_slot(scheduled: float, finished: float, interval: float) -> tuple[float, int]:
+    """The next start on the fixed cadence after a cycle scheduled at ``scheduled`` finished.
+
+    Returns ``(next start, ticks skipped)``; ticks that passed while the cycle ran are skipped.
+    """
+    following = scheduled + interval
+    if finished <= following:
+        return following, 0
+    skipped = int((finished - scheduled) // interval)
+    return scheduled + (skipped + 1) * interval, skipped
+
+
+@dataclass
+class CollectorStats:
+    polls: int = 0
+    overruns: int = 0  # cycles that ran past the next tick
+    skipped: int = 0  # ticks not polled because a cycle overran
+    errors: int = 0  # cycles with a reading that was not good, or a driver failure
+    connects: int = 0
+    connect_failures: int = 0
+    last_poll_duration: float = 0.0
+    last_lag: float = 0.0
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAG_WINDOW))
+
+
+class Collector:
+    def __init__(
+        self,
+        driver: Driver,
+        *,
+        poll_interval: float,
+        sink: Sink,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        subscribe: bool = False,
+        tags: Sequence[str] | None = None,
+        jitter: Callable[[], float] = random.random,
+        phase: float | None = None,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self.driver = driver
+        self.machine_id = driver.machine_id
+        self.poll_interval = poll_interval
+        self.sink = sink
+        self.stats = CollectorStats()
+        self._clock = clock
+        self._wall = wall
+        self._subscribe = subscribe
+        # Tag names let an outage be reported per tag, so derivation sees which values went stale.
+        self._tags = tuple(tags if tags is not None else getattr(driver, "tag_names", ()))
+        self._jitter = jitter
+        # Machines polled at the same instant make the loop bursty; spreading their first polls over
+        # the interval (by a stable hash of the id unless given) keeps every cycle's lag small.
+        self._phase = (
+            (zlib.crc32(self.machine_id.encode()) % 1000) / 1000 * poll_interval if phase is None else phase
+        )
+        self._healthy = True
+        self._overrunning = False
+
+    async def run(self) -> None:
+        """Collect until cancelled; closes the driver on the way out."""
+        try:
+            while True:
+                await self._connect()
+                if self._subscribe and await self._try_subscribe():
+                    await self._watch()
+                else:
+                    await self._poll()
+        finally:
+            try:
+                await self.driver.close()
+            except Exception as exc:
+                log.warning("driver_close_failed", machine=self.machine_id, error=repr(exc))
+
+    # -- connecting
+
+    async def _connect(self) -> None:
+        failures = 0
+        next_report = self._clock()
+        while True:
+            try:
+                await self.driver.connect()
+            except DriverError as exc:
+                reason = str(exc) or "cannot connect"
+            except Exception as exc:  # a driver bug must not end collection for good
+                reason = f"unexpected driver error: {exc!r}"
+            else:
+                self.stats.connects += 1
+                log.info("machine_connected", machine=self.machine_id, after_failures=failures)
+                return
+            failures += 1
+            self.stats.connect_failures += 1
+            if failures == 1:  # once per outage; the readings carry the current reason
+                log.warning("machine_connect_failed", machine=self.machine_id, reason=reason)
+            retry_at = self._clock() + backoff_delay(failures, BACKOFF_BASE, BACKOFF_CAP, self._jitter())
+            while True:
+                now = self._clock()
+                if now >= next_report:
+                    self._emit_outage(reason)
+                    next_report = max(next_report + self.poll_interval, now)
+                if now >= retry_at:
+                    break
+                await asyncio.sleep(min(retry_at, next_report) - now)
+
+    def _emit_outage(self, reason: str) -> None:
+        if not self._tags:
+            return
+        ts = self._wall()
+        self._deliver(
+            [Reading(self.machine_id, tag, None, Quality.DISCONNECTED, ts, reason) for tag in self._tags]
+        )
+
+    # -- polling
+
+    async def _poll(self) -> None:
+        interval = self.poll_interval
+        stats = self.stats
+        scheduled = self._clock() + self._phase
+        while True:
+            delay = scheduled - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            start = self._clock()
+            try:
+                readings: Sequence[Sample] = await self.driver.read()
+                failure = ""
+            except Exception as exc:  # read() should not raise; if it does, report and go on
+                readings = ()
+                failure = f"read failed: {exc!r}"
+            finished = self._clock()
+            lag = start - scheduled
+            stats.polls += 1
+            stats.last_lag = lag
+            stats.lags.append(lag)
+            stats.last_poll_duration = finished - start
+            self._judge(readings, failure)
+            self._deliver(readings)
+            if self.driver.state is ConnectionState.DISCONNECTED:
+                return
+            scheduled, skipped = next_slot(scheduled, finished, interval)
+            if skipped:
+                stats.overruns += 1
+                stats.skipped += skipped
+                if not self._overrunning:
+                    log.warning(
+                        "poll_overrun",
+                        machine=self.machine_id,
+                        duration=round(finished - start, 3),
+                        interval=interval,
+                        skipped=skipped,
+                    )
+                self._overrunning = True
+            else:
+                self._overrunning = False
+
+    def _judge(self, readings: Sequence[Sample], failure: str) -> None:
+        """Log once when a machine's readings go bad and once when they recover, not every cycle."""
+        reason = failure
+        bad = 0
+        if not failure:
+            for r in readings:
+                if isinstance(r, Reading) and r.quality is not Quality.GOOD:
+                    bad += 1
+                    if not reason:
+                        reason = f"{r.tag}: {r.quality}: {r.reason or 'no reason given'}"
+        if reason:
+            self.stats.errors += 1
+            if self._healthy:
+                self._healthy = False
+                log.error("machine_readings_bad", machine=self.machine_id, bad=bad, first=reason)
+        elif not self._healthy:
+            self._healthy = True
+            log.info("machine_readings_recovered", machine=self.machine_id)
+
+    def _deliver(self, samples: Sequence[Sample]) -> None:
+        if not samples:
+            return
+        try:
+            self.sink(samples)
+        except Exception as exc:  # the consumer's bug must not stop collection
+            self.stats.errors += 1
+            log.error("sink_failed", machine=self.machine_id, error=repr(exc))
+
+    # -- subscribing
+
+    async def _try_subscribe(self) -> bool:
+        try:
+            return await self.driver.subscribe(self.sink)
+        except Exception as exc:
+            log.warning("subscribe_failed", machine=self.machine_id, error=repr(exc))
+            return False
+
+    async def _watch(self) -> None:
+        """While the driver pushes samples, only check once per interval that it is still connected."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            if self.driver.state is ConnectionState.DISCONNECTED:
+                break
+        self._emit_outage("connection lost")

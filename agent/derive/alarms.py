@@ -1,0 +1,266 @@
+"""Active alarms as an MTConnect-style condition chain, fed by device alarm events and by tags.
+
+- A code not active yet is raised (``alarm_triggered``); the same code again is not a new alarm.
+- Clearing one code leaves the others; a device "clear all" (an AlarmNotice without a code) clears
+  every alarm except those mirrored from alarm bits, whose live signal decides for itself.
+- Tag sources act on *changes*: an alarm code register raises its new code and, when it drops to 0,
+  clears what it raised; ``count_tag`` (number of active alarms) clears the oldest register-raised
+  alarms beyond that count; each configured alarm bit raises/clears its own code.
+- DISCONNECTED (or an agent restart) makes every alarm *unknown*: it stays in the chain, flagged,
+  without any event. The first good readings afterwards resolve them: a set bit or the register's
+  code confirms an alarm; a clear bit, or a code register reading 0, clears the unknown alarms it
+  covers with ``cleared_by: reconnect``. Alarms only an event source knew stay active until the
+  device clears them (configure ``code_tag`` to let the register settle them after a reconnect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.events import iso_utc
+from drivers.base import AlarmNotice
+
+from .conditions import AlarmFact, normalize_code
+from .snapshot import Fields
+from .spec import AlarmSpec
+
+EVENT = "event"
+CODE_TAG = "code_tag"
+BITS = "bits"
+_SOURCES = (EVENT, CODE_TAG, BITS)
+_NONE = object()
+
+
+@dataclass(slots=True)
+class ActiveAlarm:
+    code: str
+    description: str
+    severity: int | None
+    since: float
+    source: str
+    unknown: bool = False
+
+    def section(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "description": self.description,
+            "severity": self.severity,
+            "source": self.source,
+            "started_at": iso_utc(self.since),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmChange:
+    triggered: bool
+    alarm: ActiveAlarm
+    at: float
+    cleared_by: str | None = None
+
+    def section(self) -> dict[str, Any]:
+        out = self.alarm.section()
+        if not self.triggered:
+            out["cleared_at"] = iso_utc(self.at)
+            out["duration_seconds"] = round(max(0.0, self.at - self.alarm.since), 3)
+            out["cleared_by"] = self.cleared_by
+        return out
+
+
+def _code_of(value: Any) -> str | None:
+    """The register's code as text, ``None`` for "no alarm" (0, empty) or an unusable value."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return None if value == 0 else str(int(value))
+    if isinstance(value, str):
+        text = value.strip()
+        return None if text in ("", "0") else text
+    return None
+
+
+def _bit_set(value: Any, bit: int) -> bool | None:
+    if isinstance(value, bool):
+        return value if bit == 0 else None
+    if isinstance(value, int):
+        return bool((value >> bit) & 1)
+    return None
+
+
+class AlarmTracker:
+    def __init__(self, spec: AlarmSpec) -> None:
+        self.spec = spec
+        self.active: dict[str, ActiveAlarm] = {}
+        self._prev: dict[str, Any] = {}  # last seen value of each alarm tag, for edge detection
+        self.tags = spec.tags
+        self.has_unknown = False
+
+    def facts(self) -> tuple[AlarmFact, ...]:
+        return tuple(
+            AlarmFact(normalize_code(a.code), a.description, a.severity) for a in self.active.values()
+        )
+
+    # -- sources
+
+    def notice(self, n: AlarmNotice, now: float) -> list[AlarmChange]:
+        if not self.spec.events:
+            return []
+        if n.code is None:
+            if n.active:
+                return []  # an active alarm without a code cannot be tracked
+            doomed = [a for a in self.active.values() if a.source != BITS]
+            return [self._clear(a, now, "event_clear_all") for a in doomed]
+        code = str(n.code).strip()
+        existing = self.active.get(code)
+        if n.active:
+            if existing is not None:
+                existing.unknown = False
+                return []
+            text = n.message or self.spec.text_for(code) or f"Alarm {code}"
+            severity = n.severity if 1 <= n.severity <= 1000 else None
+            return [self._raise(code, text, severity, now, EVENT)]
+        if existing is None:
+            return []  # a clear for an alarm never seen raised: nothing to pair it with
+        return [self._clear(existing, now, EVENT)]
+
+    def from_tags(self, values: Mapping[str, Any], now: float) -> list[AlarmChange]:
+        """Act on alarm tags whose value changed since the last call (all of them after a resync)."""
+        out: list[AlarmChange] = []
+        spec = self.spec
+        prev = self._prev
+        resync = self.has_unknown
+        if spec.code_tag is not None:
+            value = values.get(spec.code_tag, _NONE)
+            if value is not _NONE and prev.get(spec.code_tag, _NONE) != value:
+                prev[spec.code_tag] = value
+                out.extend(self._code_changed(value, values, now, resync))
+            if spec.count_tag is not None:
+                count = values.get(spec.count_tag, _NONE)
+                if count is not _NONE and prev.get(spec.count_tag, _NONE) != count:
+                    prev[spec.count_tag] = count
+                    out.extend(self._trim_to_count(count, _code_of(value), now))
+        for b in spec.bits:
+            value = values.get(b.tag, _NONE)
+            if value is _NONE:
+                continue
+            before = prev.get(b.tag, _NONE)
+            now_set = _bit_set(value, b.bit)
+            if now_set is None:
+                continue
+            was_set = None if before is _NONE else _bit_set(before, b.bit)
+            if was_set == now_set and not resync:
+                continue
+            existing = self.active.get(b.code)
+            if now_set and existing is None:
+                out.append(self._raise(b.code, b.text, b.severity, now, BITS))
+            elif now_set and existing is not None:
+                existing.unknown = False
+            elif not now_set and existing is not None and (existing.source == BITS or existing.unknown):
+                out.append(self._clear(existing, now, "reconnect" if existing.unknown else BITS))
+        for b in spec.bits:
+            if b.tag in values:
+                prev[b.tag] = values[b.tag]
+        return out
+
+    def _code_changed(
+        self, value: Any, values: Mapping[str, Any], now: float, resync: bool
+    ) -> list[AlarmChange]:
+        code = _code_of(value)
+        if code is None:
+            if resync:
+                # 0 after a gap: the device says nothing is active; settle every unknown alarm too.
+                doomed = [
+                    a
+                    for a in self.active.values()
+                    if a.source == CODE_TAG or (a.unknown and a.source != BITS)
+                ]
+            else:
+                doomed = [a for a in self.active.values() if a.source == CODE_TAG]
+            return [self._clear(a, now, "reconnect" if a.unknown else CODE_TAG) for a in doomed]
+        existing = self.active.get(code)
+        if existing is not None:
+            existing.unknown = False
+            return []
+        severity = None
+        if self.spec.severity_tag is not None:
+            raw = values.get(self.spec.severity_tag)
+            if isinstance(raw, int | float) and not isinstance(raw, bool) and 1 <= raw <= 1000:
+                severity = int(raw)
+        text = self.spec.text_for(code) or f"Alarm {code}"
+        return [self._raise(code, text, severity, now, CODE_TAG)]
+
+    def _trim_to_count(self, count: Any, current: str | None, now: float) -> list[AlarmChange]:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            return []
+        from_register = [a for a in self.active.values() if a.source == CODE_TAG]
+        excess = len(from_register) - count
+        out = []
+        for a in from_register:  # oldest first: dicts keep raise order
+            if excess <= 0:
+                break
+            if a.code != current:
+                out.append(self._clear(a, now, "count_tag"))
+                excess -= 1
+        return out
+
+    # -- connection
+
+    def mark_unknown(self) -> None:
+        """The machine cannot be read: alarms become unknown and tag edges restart from scratch."""
+        for a in self.active.values():
+            a.unknown = True
+        self._prev.clear()
+        self.has_unknown = bool(self.active)
+
+    def settle(self) -> None:
+        """After the first good readings following a gap: what survived is known again."""
+        for a in self.active.values():
+            a.unknown = False
+        self.has_unknown = False
+
+    # -- chain
+
+    def _raise(self, code: str, text: str, severity: int | None, now: float, source: str) -> AlarmChange:
+        alarm = ActiveAlarm(code, text, severity, now, source)
+        self.active[code] = alarm
+        return AlarmChange(True, alarm, now)
+
+    def _clear(self, alarm: ActiveAlarm, now: float, by: str) -> AlarmChange:
+        del self.active[alarm.code]
+        return AlarmChange(False, alarm, now, by)
+
+    # -- persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "active": [
+                {
+                    "code": a.code,
+                    "description": a.description,
+                    "severity": a.severity,
+                    "since": a.since,
+                    "source": a.source,
+                    "unknown": a.unknown,
+                }
+                for a in self.active.values()
+            ]
+        }
+
+    def load(self, f: Fields) -> None:
+        self.active.clear()
+        for item in f.items("active"):
+            source = item.text("source")
+            if source not in _SOURCES:
+                raise item.error("source", f"unknown alarm source {source!r}")
+            alarm = ActiveAlarm(
+                item.text("code"),
+                item.text("description"),
+                item.opt_integer("severity"),
+                item.number("since"),
+                source,
+                item.flag("unknown"),
+            )
+            self.active[alarm.code] = alarm
+        # After a restart nothing is known about the device: resolve like after a disconnect.
+        self.mark_unknown()

@@ -1,0 +1,152 @@
+"""The agent's Prometheus metrics, in a registry of its own (tests and reloads never share globals).
+
+Labels carry machine ids, workflow names, endpoint keys and event types — never a secret, and
+never a URL with credentials or a query string (``safe_label`` strips those if one slips in).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+MAX_LABEL = 120
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
+
+
+def safe_label(value: str) -> str:
+    """A label value with any URL reduced to scheme://host[:port] (no user, password, path or query)."""
+
+    def strip(match: re.Match[str]) -> str:
+        try:
+            parts = urlsplit(match.group(0))
+            host = parts.hostname or ""
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return "<url>"
+        return f"{parts.scheme}://{host}{port}"
+
+    return _URL.sub(strip, value)[:MAX_LABEL]
+
+
+class Metrics:
+    """Every metric of issue 6, with typed update methods so callers never spell label names."""
+
+    def __init__(self, namespace: str = "edge_agent") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r, ns = self.registry, namespace
+        self.machines = Gauge(f"{ns}_machines", "Machines by derived status.", ["status"], registry=r)
+        self.poll_duration = Histogram(
+            f"{ns}_poll_duration_seconds",
+            "Duration of one poll cycle of a machine.",
+            ["machine"],
+            buckets=POLL_BUCKETS,
+            registry=r,
+        )
+        self.poll_errors = Counter(
+            f"{ns}_poll_errors_total", "Poll cycles that failed or overran.", ["machine", "kind"], registry=r
+        )
+        self.readings = Counter(
+            f"{ns}_readings_total", "Tag readings collected, by quality.", ["machine", "quality"], registry=r
+        )
+        self.events = Counter(f"{ns}_events_total", "Derived events, by type.", ["type"], registry=r)
+        self.workflow_executions = Counter(
+            f"{ns}_workflow_executions_total",
+            "Workflow executions, by outcome.",
+            ["workflow", "outcome"],
+            registry=r,
+        )
+        self.outbox_pending = Gauge(f"{ns}_outbox_pending", "Deliveries waiting to be sent.", registry=r)
+        self.outbox_in_flight = Gauge(f"{ns}_outbox_in_flight", "Deliveries being sent now.", registry=r)
+        self.outbox_dead = Gauge(f"{ns}_outbox_dead", "Deliveries that gave up (dead letters).", registry=r)
+        self.outbox_oldest_pending_age = Gauge(
+            f"{ns}_outbox_oldest_pending_age_seconds", "Age of the oldest pending delivery.", registry=r
+        )
+        self.deliveries = Counter(
+            f"{ns}_deliveries_total",
+            "Delivery attempts, by endpoint key and outcome.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            f"{ns}_delivery_latency_seconds",
+            "From event to acknowledged delivery.",
+            ["endpoint"],
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self._statuses: set[str] = set()
+        # Label sets per machine, so a removed machine's series can be dropped with public API only.
+        self._machine_series: dict[str, set[tuple[str, str]]] = {}
+
+    # -- collection
+
+    def set_machine_statuses(self, counts: Mapping[str, int]) -> None:
+        """Machines per status; a status no machine has any more drops to 0 rather than going stale."""
+        current = {safe_label(status): n for status, n in counts.items()}
+        for status in self._statuses - set(current):
+            self.machines.labels(status=status).set(0)
+        for status, n in current.items():
+            self.machines.labels(status=status).set(n)
+            self._statuses.add(status)
+
+    def observe_poll(self, machine: str, seconds: float, *, error: str | None = None) -> None:
+        m = safe_label(machine)
+        self.poll_duration.labels(machine=m).observe(seconds)
+        self._machine_series.setdefault(m, set()).add(("poll", ""))
+        if error is not None:
+            kind = safe_label(error)
+            self.poll_errors.labels(machine=m, kind=kind).inc()
+            self._machine_series[m].add(("error", kind))
+
+    def count_readings(self, machine: str, n: int = 1, quality: str = "good") -> None:
+        m = safe_label(machine)
+        self.readings.labels(machine=m, quality=quality).inc(n)
+        self._machine_series.setdefault(m, set()).add(("reading", quality))
+
+    def count_event(self, event_type: str, n: int = 1) -> None:
+        self.events.labels(type=safe_label(event_type)).inc(n)
+
+    def count_workflow(self, workflow: str, outcome: str) -> None:
+        self.workflow_executions.labels(workflow=safe_label(workflow), outcome=outcome).inc()
+
+    def set_outbox(self, *, pending: int, in_flight: int, dead: int, oldest_pending_age: float) -> None:
+        self.outbox_pending.set(pending)
+        self.outbox_in_flight.set(in_flight)
+        self.outbox_dead.set(dead)
+        self.outbox_oldest_pending_age.set(max(0.0, oldest_pending_age))
+
+    def observe_delivery(self, endpoint: str, outcome: str, latency: float | None = None) -> None:
+        key = safe_label(endpoint)
+        self.deliveries.labels(endpoint=key, outcome=outcome).inc()
+        if latency is not None:
+            self.delivery_latency.labels(endpoint=key).observe(max(0.0, latency))
+
+    def forget_machine(self, machine: str) -> None:
+        """Drop a removed machine's series (after a reload) so dashboards do not show it forever."""
+        m = safe_label(machine)
+        for family, extra in self._machine_series.pop(m, set()):
+            if family == "poll":
+                self.poll_duration.remove(m)
+            elif family == "error":
+                self.poll_errors.remove(m, extra)
+            else:
+                self.readings.remove(m, extra)
+
+    # -- exposition
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition format (serve with ``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)

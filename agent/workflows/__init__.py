@@ -1,0 +1,1 @@
+"""Workflows: named rules that turn shop-floor events into webhook deliveries."""

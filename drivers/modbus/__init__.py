@@ -1,0 +1,1 @@
+"""Modbus TCP driver (pymodbus client). Import it only when a machine uses Modbus: pymodbus is heavy."""

@@ -1,0 +1,277 @@
+"""One Modbus TCP connection per host:port, shared by every unit id behind it.
+
+PLCs and gateways accept only a few connections, and Modbus TCP devices answer one request at a
+time, so a ``Link`` owns a single pymodbus client and lets one request out at a time (an
+``asyncio.Lock``). Every request has its own deadline; a reply with an exception code or with the
+wrong number of registers/bits becomes ``BadReply`` with a reason a plant engineer can act on.
+
+Reconnecting is ours, not pymodbus': its client never retries a failed *first* connect, and
+``reconnect_delay=0`` (the only way to switch its retry off) has busy-looped. So when the transport
+drops we close the client (which cancels its background retry) and the next ``connect()`` retries
+on our capped exponential backoff, which also covers the very first connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from agent.collector import backoff_delay
+from drivers.base import ConnectionState
+
+log = structlog.get_logger(__name__)
+
+# After this many unanswered requests in a row the connection is presumed dead (a half-open socket,
+# or transaction ids out of step) and is replaced; a reply from any unit resets the count.
+MAX_SILENT_REQUESTS = 3
+# pymodbus' own deadline only backs ours up: ours is per request, its is per client.
+_BACKSTOP_TIMEOUT = 600.0
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+
+_READ = {
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+}
+
+
+class LinkError(Exception):
+    """A request got no usable reply; ``str()`` says why in plain words."""
+
+
+class LinkDown(LinkError):
+    """Not connected, or the connection was lost: nothing can be read now."""
+
+
+class NoAnswer(LinkError):
+    """The device did not answer in time (the connection itself may still be fine)."""
+
+
+class BadReply(LinkError):
+    """The device answered, but not with the requested values."""
+
+
+class Link:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 1.0,
+        pause_after_connect: float = 0.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.pause_after_connect = pause_after_connect
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._clock = clock
+        self._jitter = jitter
+        self._client: AsyncModbusTcpClient | None = None
+        self._lock = asyncio.Lock()
+        self._state = ConnectionState.DISCONNECTED
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._silent = 0
+        self.reason = "not connected yet"
+        self.connects = 0  # successful connects, for metrics and tests
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    def _connected(self) -> bool:
+        return self._state is ConnectionState.CONNECTED
+
+    async def connect(self) -> None:
+        """Connect unless connected; raise ``LinkDown`` on failure or while a retry is not yet due."""
+        if self._connected():
+            return
+        async with self._lock:
+            if self._connected():
+                return
+            now = self._clock()
+            if now < self._next_attempt:
+                raise LinkDown(f"{self.reason}; next attempt in {self._next_attempt - now:.1f} s")
+            self._state = ConnectionState.CONNECTING
+            client = self._client or AsyncModbusTcpClient(
+                self.host,
+                port=self.port,
+                timeout=_BACKSTOP_TIMEOUT,
+                retries=0,
+                reconnect_delay=self.backoff_base,
+                reconnect_delay_max=self.backoff_cap,
+                trace_connect=self._on_transport,
+            )
+            self._client = client
+            try:
+                async with asyncio.timeout(self.timeout):
+                    ok = await client.connect()
+                reason = f"cannot connect to {self.name} (refused or unreachable)"
+            except TimeoutError:
+                ok = False
+                reason = f"no TCP connection to {self.name} within {self.timeout:g} s"
+            if not ok or not client.connected:
+                client.close()
+                self._failed(reason)
+                raise LinkDown(reason)
+            if self.pause_after_connect:
+                # Some devices drop the first request sent right after the TCP handshake.
+                await asyncio.sleep(self.pause_after_connect)
+                if not client.connected:
+                    self._failed(f"{self.name} closed the connection right after connecting")
+                    raise LinkDown(self.reason)
+            self._state = ConnectionState.CONNECTED
+            self._failures = 0
+            self._silent = 0
+            self.connects += 1
+            self.reason = ""
+            log.info("modbus_connected", link=self.name)
+
+    def _failed(self, reason: str) -> None:
+        self._failures += 1
+        self._state = ConnectionState.DISCONNECTED
+        self._next_attempt = self._clock() + backoff_delay(
+            self._failures, self.backoff_base, self.backoff_cap, self._jitter()
+        )
+        if reason != self.reason:
+            log.warning("modbus_connect_failed", link=self.name, reason=reason)
+        self.reason = reason
+
+    def _on_transport(self, connected: bool) -> None:
+        if connected:
+            return
+        if self._connected():
+            self._drop(f"connection to {self.name} lost")
+        elif self._client is not None:
+            self._client.close()  # lost while still connecting: cancel pymodbus' own retry
+
+    def _drop(self, reason: str) -> None:
+        """Forget the connection; the next ``connect()`` makes a new one (after backoff, if repeated)."""
+        if self._client is not None:
+            # Also cancels pymodbus' own reconnect task: reconnecting is done by connect() alone.
+            self._client.close()
+        self._state = ConnectionState.DISCONNECTED
+        self._failures = 0
+        self._next_attempt = 0.0
+        self.reason = reason
+        log.warning("modbus_disconnected", link=self.name, reason=reason)
+
+    async def read(
+        self, unit: int, table: str, address: int, count: int, deadline: float | None = None
+    ) -> list[int] | list[bool]:
+        """Read ``count`` registers or bits; raises ``LinkDown``, ``NoAnswer`` or ``BadReply``."""
+        what = f"{table} {address}..{address + count - 1}"
+        deadline = deadline or self.timeout
+        async with self._lock:
+            client = self._client
+            if self._state is not ConnectionState.CONNECTED or client is None:
+                raise LinkDown(self.reason or f"not connected to {self.name}")
+            try:
+                async with asyncio.timeout(deadline):
+                    reply: Any = await getattr(client, _READ[table])(address, count=count, device_id=unit)
+            except TimeoutError:
+                self._silent += 1
+                if self._silent >= MAX_SILENT_REQUESTS:
+                    self._drop(f"no answer to {self._silent} requests in a row from {self.name}")
+                if self._state is not ConnectionState.CONNECTED:
+                    raise LinkDown(self.reason) from None
+                raise NoAnswer(f"no answer within {deadline:g} s reading {what} (unit {unit})") from None
+            except ModbusException as exc:
+                self._drop(f"connection to {self.name} failed: {exc}")
+                raise LinkDown(self.reason) from None
+            self._silent = 0
+        if reply.isError():
+            code = int(getattr(reply, "exception_code", 0))
+            name = EXCEPTION_NAMES.get(code, "unknown exception")
+            raise BadReply(f"exception {code} ({name}) reading {what} (unit {unit})")
+        if table in ("holding", "input"):
+            values: list[Any] = reply.registers
+            if len(values) != count:
+                raise BadReply(f"reply to {what} (unit {unit}) has {len(values)} registers, expected {count}")
+            return values
+        bits: list[bool] = reply.bits
+        # Bits travel in whole bytes: a correct reply carries count rounded up to a multiple of 8.
+        if len(bits) != (count + 7) // 8 * 8:
+            raise BadReply(
+                f"reply to {what} (unit {unit}) has {len(bits) // 8} bytes of bits, expected {(count + 7) // 8}"
+            )
+        return bits[:count]
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            self._state = ConnectionState.DISCONNECTED
+            self.reason = "closed"
+
+
+class LinkPool:
+    """Hands out one shared ``Link`` per host:port and closes it when its last user is done."""
+
+    def __init__(self) -> None:
+        self._links: dict[tuple[str, int], tuple[Link, int]] = {}
+
+    def acquire(
+        self, host: str, port: int, *, timeout: float = 1.0, pause_after_connect: float = 0.0
+    ) -> Link:
+        key = (host, port)
+        entry = self._links.get(key)
+        if entry is None:
+            link = Link(host, port, timeout=timeout, pause_after_connect=pause_after_connect)
+            self._links[key] = (link, 1)
+            return link
+        link, users = entry
+        # Per-request deadlines stay per machine; connect timeout and pause are per connection.
+        link.timeout = max(link.timeout, timeout)
+        link.pause_after_connect = max(link.pause_after_connect, pause_after_connect)
+        self._links[key] = (link, users + 1)
+        return link
+
+    async def release(self, link: Link) -> None:
+        key = (link.host, link.port)
+        entry = self._links.get(key)
+        if entry is None or entry[0] is not link:
+            return
+        users = entry[1] - 1
+        if users > 0:
+            self._links[key] = (link, users)
+            return
+        del self._links[key]
+        await link.close()
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+
+shared_links = LinkPool()

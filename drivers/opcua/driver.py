@@ -1,0 +1,599 @@
+"""OPC-UA driver: batched polling, one subscription for data and alarm events, recovery after loss.
+
+Reconnecting is left to the collector (it calls ``connect()`` again with backoff when ``state`` is
+DISCONNECTED), so asyncua's own auto-reconnect stays off: it would restore subscriptions with the
+NodeIds of the previous boot, but a rebooted server may have moved our namespace to another index.
+Each ``connect()`` therefore builds a fresh client, resolves ``nsu=`` URIs and re-creates everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.client.ua_client import UaClientState
+from asyncua.client.ua_session import SessionState
+from asyncua.crypto import security_policies
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaStatusCodeError
+
+from drivers.base import AlarmNotice, ConnectionState, DriverError, Quality, Reading, Sample, Sink
+from drivers.opcua.config import NodeRef, OpcuaMachineConfig, OpcuaTag
+
+log = structlog.get_logger(__name__)
+
+EVENT_HANDLE = 0x7FFF0000  # client handle of the alarm-event item; tag handles are their indexes
+_FIELDS_BASE = ("EventType", "Message", "Severity", "SourceNode")
+_FIELDS_FULL = (*_FIELDS_BASE, "AlarmIdentifier", "Active", "ActiveState/Id")
+_CODE_IN_MESSAGE = re.compile(r"\b([A-Za-z]*\d+[A-Za-z0-9_-]*)\b")
+_SESSION_GONE = {
+    StatusCodes.BadSessionIdInvalid,
+    StatusCodes.BadSessionClosed,
+    StatusCodes.BadSessionNotActivated,
+    StatusCodes.BadSecureChannelIdInvalid,
+    StatusCodes.BadSecureChannelClosed,
+    StatusCodes.BadConnectionClosed,
+    StatusCodes.BadServerHalted,
+    StatusCodes.BadShutdown,
+    StatusCodes.BadCommunicationError,
+    StatusCodes.BadTimeout,
+    StatusCodes.BadNoSubscription,
+    StatusCodes.BadSubscriptionIdInvalid,
+}
+_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+
+
+def status_name(code: ua.StatusCode | int) -> str:
+    sc = code if isinstance(code, ua.StatusCode) else ua.StatusCode(ua.UInt32(code))
+    try:
+        return str(sc.name)
+    except Exception:  # an unknown vendor code still gets a readable reason
+        return f"status 0x{int(sc.value):08X}"
+
+
+def code_from_message(message: str, event_type: str) -> str:
+    """Fallback alarm code for plain BaseEventType events: the first token with a digit, else the type."""
+    m = _CODE_IN_MESSAGE.search(message)
+    return m.group(1) if m else event_type
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, DriverError):
+        return str(exc)
+    if isinstance(exc, UaStatusCodeError):
+        return status_name(exc.code)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class OpcuaDriver:
+    """``drivers.base.Driver`` over one asyncua client session."""
+
+    def __init__(self, config: OpcuaMachineConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.machine_id = config.machine_id
+        self.config = config
+        self._clock = clock
+        self._state = ConnectionState.DISCONNECTED
+        self._reason = "not connected yet"
+        self._client: Client | None = None
+        self._generation = 0
+        self._namespaces: list[str] = []
+        self._node_ids: list[ua.NodeId | None] = []
+        self._unresolved: list[str | None] = []  # per tag: why it has no NodeId on this server
+        self._poll_nodes: list[ua.NodeId] = []
+        self._poll_index: list[int] = []
+        self._sink: Sink | None = None
+        self._subscription_id: int | None = None
+        self._event_fields: tuple[str, ...] = ()
+        self._event_source: ua.NodeId | None = None
+        self._last_publish = 0.0
+        self._stale_after = math.inf
+        self._watch_task: asyncio.Task[None] | None = None
+        self._teardown_tasks: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"OpcuaDriver({self.machine_id!r}, {self.config.url!r}, {self._state.value})"
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def reason(self) -> str:
+        """Why the driver is not connected (plain words; meaningful while DISCONNECTED)."""
+        return self._reason
+
+    @property
+    def event_filter(self) -> str:
+        """``full`` (alarm type fields), ``base`` (BaseEventType fallback) or ``none``."""
+        if not self._event_fields:
+            return "none"
+        return "full" if self._event_fields == _FIELDS_FULL else "base"
+
+    # -- connection
+
+    async def connect(self) -> None:
+        await self._drop_client()
+        self._state = ConnectionState.CONNECTING
+        self._generation += 1
+        generation = self._generation
+        cfg = self.config
+        client = Client(cfg.url, timeout=cfg.timeout, watchdog_intervall=max(1.0, min(cfg.timeout, 5.0)))
+        client.session_timeout = int(cfg.session_timeout * 1000)
+        client.name = client.description = f"edge-agent {self.machine_id}"
+        client.application_uri = "urn:edge-agent:client"
+        try:
+            await self._apply_security(client)
+            await asyncio.wait_for(client.connect(), timeout=cfg.timeout * 2)
+        except Exception as exc:
+            await self._discard(client)
+            self._state = ConnectionState.DISCONNECTED
+            self._reason = f"cannot connect to {cfg.url}: {_describe(exc)}"
+            raise DriverError(self._reason) from None
+        self._client = client
+        try:
+            await self._resolve(client)
+            if self._sink is not None:
+                await self._create_subscription(client, generation)
+        except Exception as exc:
+            self._client = None
+            await self._discard(client)
+            self._state = ConnectionState.DISCONNECTED
+            self._reason = f"connected to {cfg.url} but setup failed: {_describe(exc)}"
+            raise DriverError(self._reason) from None
+
+        async def on_lost(exc: Exception) -> None:
+            self._lost(generation, f"connection to {cfg.url} lost: {_describe(exc)}")
+
+        def on_state(state: UaClientState) -> None:
+            if state is UaClientState.DISCONNECTED:
+                _stop_publish_loop(client)
+                self._lost(generation, f"connection to {cfg.url} lost")
+
+        # A dropped socket is seen synchronously here; the callback covers a server that stops answering.
+        client.connection_lost_callback = on_lost
+        client.uaclient._add_state_listener(on_state)
+        self._state = ConnectionState.CONNECTED
+        self._reason = ""
+        log.info("opcua_connected", machine=self.machine_id, url=cfg.url, namespaces=len(self._namespaces))
+
+    async def _apply_security(self, client: Client) -> None:
+        cfg = self.config
+        sec = cfg.security
+        if sec.policy != "None":
+            if sec.certificate_file is None or sec.private_key_file is None:
+                raise DriverError("a security policy needs certificate_file and private_key_file")
+            await client.set_security(
+                _POLICIES[sec.policy],
+                certificate=str(sec.certificate_file),
+                private_key=str(sec.private_key_file),
+                server_certificate=str(sec.server_certificate_file) if sec.server_certificate_file else None,
+                mode=ua.MessageSecurityMode.Sign
+                if sec.mode == "Sign"
+                else ua.MessageSecurityMode.SignAndEncrypt,
+            )
+        if cfg.username is not None:
+            client.set_user(cfg.username)
+        if cfg.password is not None:
+            client.set_password(cfg.password.reveal())
+
+    async def _resolve(self, client: Client) -> None:
+        """Map every configured node to this boot's NodeId (``nsu=`` URIs → current index)."""
+        namespaces: list[str] = await client.get_namespace_array()
+        self._node_ids, self._unresolved = [], []
+        for tag in self.config.tags:
+            nid, why = _to_nodeid(tag.node, namespaces)
+            self._node_ids.append(nid)
+            self._unresolved.append(why)
+        self._poll_index = [i for i, nid in enumerate(self._node_ids) if nid is not None]
+        self._poll_nodes = [nid for nid in self._node_ids if nid is not None]
+        self._namespaces = namespaces
+
+    def _lost(self, generation: int, reason: str) -> None:
+        """The session or its subscription died: report DISCONNECTED so the collector reconnects."""
+        if generation != self._generation or self._state is not ConnectionState.CONNECTED:
+            return
+        self._state = ConnectionState.DISCONNECTED
+        self._reason = reason
+        log.warning("opcua_disconnected", machine=self.machine_id, reason=reason)
+        client, self._client = self._client, None
+        self._subscription_id = None
+        if client is not None:
+            task = asyncio.get_running_loop().create_task(self._discard(client))
+            self._teardown_tasks.add(task)
+            task.add_done_callback(self._teardown_tasks.discard)
+        if self._sink is not None and self.config.mode == "subscribe":
+            self._sink(self._all(Quality.DISCONNECTED, reason))
+
+    async def _drop_client(self) -> None:
+        self._generation += 1  # callbacks of the old client are ignored from here on
+        self._subscription_id = None
+        watch, self._watch_task = self._watch_task, None
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        client, self._client = self._client, None
+        if client is not None:
+            await self._discard(client)
+        if self._teardown_tasks:
+            await asyncio.gather(*self._teardown_tasks, return_exceptions=True)
+
+    @staticmethod
+    async def _discard(client: Client) -> None:
+        """Close the client; after a loss, without the warnings asyncua logs for an already dead socket."""
+        with contextlib.suppress(Exception):
+            protocol = client.uaclient.protocol
+            if protocol is None or protocol.is_closed:
+                _stop_publish_loop(client)
+                # Nothing is left to close on the server: mark the session closed so close_session()
+                # only stops asyncua's supervisor and renew tasks.
+                client.uaclient.session._set_state(SessionState.CLOSED)
+                await client.close_session()
+                client.disconnect_socket()
+            else:
+                await asyncio.wait_for(client.disconnect(), timeout=2.0)
+
+    async def close(self) -> None:
+        self._sink = None
+        await self._drop_client()
+        self._state = ConnectionState.DISCONNECTED
+        self._reason = "closed"
+
+    # -- polling
+
+    def _all(self, quality: Quality, reason: str) -> list[Reading]:
+        now = self._clock()
+        return [Reading(self.machine_id, t.name, None, quality, now, reason) for t in self.config.tags]
+
+    async def read(self) -> list[Reading]:
+        client = self._client
+        if client is None or self._state is not ConnectionState.CONNECTED:
+            return self._all(Quality.DISCONNECTED, self._reason or "not connected")
+        generation = self._generation
+        try:
+            values = await client.uaclient.read_attributes(self._poll_nodes, AttributeIds.Value)
+        except UaStatusCodeError as exc:
+            if exc.code in _SESSION_GONE:
+                self._lost(generation, f"read failed: {status_name(exc.code)}")
+                return self._all(Quality.DISCONNECTED, self._reason)
+            return self._all(Quality.BAD, f"read rejected: {status_name(exc.code)}")
+        except (ConnectionError, OSError, TimeoutError) as exc:
+            self._lost(generation, f"read failed: {_describe(exc)}")
+            return self._all(Quality.DISCONNECTED, self._reason)
+        now = self._clock()
+        tags = self.config.tags
+        out: list[Reading | None] = [None] * len(tags)
+        for i, why in enumerate(self._unresolved):
+            if why is not None:
+                out[i] = Reading(self.machine_id, tags[i].name, None, Quality.BAD, now, why)
+        if len(values) != len(self._poll_index):
+            reason = f"server answered {len(values)} values for {len(self._poll_index)} nodes"
+            for i in self._poll_index:
+                out[i] = Reading(self.machine_id, tags[i].name, None, Quality.BAD, now, reason)
+        else:
+            for i, dv in zip(self._poll_index, values, strict=True):
+                out[i] = self._reading(tags[i], dv, now)
+        return [r for r in out if r is not None]
+
+    def _reading(self, tag: OpcuaTag, dv: ua.DataValue, now: float) -> Reading:
+        status = dv.StatusCode
+        if status is not None and not status.is_good():
+            return Reading(self.machine_id, tag.name, None, Quality.BAD, now, status_name(status))
+        variant = dv.Value
+        if variant is None or variant.Value is None:
+            return Reading(self.machine_id, tag.name, None, Quality.BAD, now, "no value")
+        return Reading(self.machine_id, tag.name, tag.convert(variant.Value), Quality.GOOD, now)
+
+    # -- subscriptions
+
+    async def subscribe(self, sink: Sink) -> bool:
+        """Push samples to ``sink``: tag changes in ``mode: subscribe``, alarm events if ``alarms:`` is set.
+
+        Returns True only when tag values are pushed (the collector then need not poll). The
+        subscription is re-created by every later ``connect()``.
+        """
+        self._sink = sink
+        client = self._client
+        if client is not None and self._state is ConnectionState.CONNECTED and self._subscription_id is None:
+            try:
+                await self._create_subscription(client, self._generation)
+            except Exception as exc:
+                self._lost(self._generation, f"creating the subscription failed: {_describe(exc)}")
+        return self.config.mode == "subscribe"
+
+    def _wants_subscription(self) -> bool:
+        return self.config.mode == "subscribe" or self.config.alarms is not None
+
+    async def _create_subscription(self, client: Client, generation: int) -> None:
+        if not self._wants_subscription():
+            return
+        cfg = self.config
+        interval_ms = cfg.publishing_interval * 1000
+        # Keep-alives about every 5 s whatever the interval: a silent subscription is then a dead one.
+        keepalive = max(3, math.ceil(5000 / interval_ms))
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=interval_ms,
+            RequestedLifetimeCount=keepalive * 3,
+            RequestedMaxKeepAliveCount=keepalive,
+            MaxNotificationsPerPublish=0,
+            PublishingEnabled=True,
+            Priority=0,
+        )
+
+        async def on_publish(result: ua.PublishResult) -> None:
+            self._on_publish(generation, result)
+
+        created = await client.uaclient.create_subscription(params, on_publish)
+        sub_id = created.SubscriptionId
+        self._subscription_id = sub_id
+        revised_ms = created.RevisedPublishingInterval or interval_ms
+        revised_keepalive = created.RevisedMaxKeepAliveCount or keepalive
+        self._stale_after = 3 * revised_ms * revised_keepalive / 1000 + cfg.timeout
+        self._last_publish = time.monotonic()
+        if cfg.mode == "subscribe":
+            await self._monitor_tags(client, sub_id)
+        if cfg.alarms is not None:
+            try:
+                await self._monitor_events(client, sub_id)
+            except (DriverError, UaStatusCodeError) as exc:
+                # Tag values matter more than alarm events: keep collecting and say why events are missing.
+                self._event_fields = ()
+                log.warning("opcua_alarm_events_unavailable", machine=self.machine_id, reason=_describe(exc))
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch(generation))
+        log.info("opcua_subscribed", machine=self.machine_id, mode=cfg.mode, events=self.event_filter)
+
+    async def _monitor_tags(self, client: Client, sub_id: int) -> None:
+        cfg = self.config
+        requests = []
+        for i in self._poll_index:
+            tag = cfg.tags[i]
+            flt = None
+            if tag.deadband is not None:
+                flt = ua.DataChangeFilter(
+                    Trigger=ua.DataChangeTrigger.StatusValue,
+                    DeadbandType=ua.DeadbandType.Absolute,
+                    DeadbandValue=tag.deadband,
+                )
+            requests.append(
+                ua.MonitoredItemCreateRequest(
+                    ItemToMonitor=ua.ReadValueId(NodeId=self._node_ids[i], AttributeId=AttributeIds.Value),
+                    MonitoringMode=ua.MonitoringMode.Reporting,
+                    RequestedParameters=ua.MonitoringParameters(
+                        ClientHandle=i,
+                        SamplingInterval=cfg.sampling_interval * 1000,
+                        Filter=flt,
+                        QueueSize=cfg.queue_size,
+                        DiscardOldest=True,
+                    ),
+                )
+            )
+        now = self._clock()
+        bad = [
+            Reading(self.machine_id, cfg.tags[i].name, None, Quality.BAD, now, why)
+            for i, why in enumerate(self._unresolved)
+            if why is not None
+        ]
+        if requests:
+            results = await client.uaclient.create_monitored_items(
+                ua.CreateMonitoredItemsParameters(
+                    SubscriptionId=sub_id,
+                    TimestampsToReturn=ua.TimestampsToReturn.Neither,
+                    ItemsToCreate=requests,
+                )
+            )
+            for req, res in zip(requests, results, strict=True):
+                if not res.StatusCode.is_good():
+                    tag = cfg.tags[req.RequestedParameters.ClientHandle]
+                    bad.append(
+                        Reading(
+                            self.machine_id, tag.name, None, Quality.BAD, now, status_name(res.StatusCode)
+                        )
+                    )
+        if bad and self._sink is not None:
+            self._sink(bad)
+
+    async def _monitor_events(self, client: Client, sub_id: int) -> None:
+        alarms = self.config.alarms
+        assert alarms is not None
+        notifier, why = _to_nodeid(alarms.notifier, self._namespaces)
+        if notifier is None:
+            raise DriverError(f"alarms.notifier: {why}")
+        self._event_source = None
+        if alarms.source is not None:
+            self._event_source, why = _to_nodeid(alarms.source, self._namespaces)
+            if self._event_source is None:
+                raise DriverError(f"alarms.source: {why}")
+        event_type = None
+        if alarms.event_type is not None:
+            event_type, _ = _to_nodeid(alarms.event_type, self._namespaces)
+        attempts: list[tuple[tuple[str, ...], ua.EventFilter]] = []
+        if event_type is not None:
+            attempts.append((_FIELDS_FULL, _event_filter(event_type)))
+        attempts.append((_FIELDS_BASE, _event_filter(None)))
+        last = "no filter tried"
+        for fields, flt in attempts:
+            request = ua.MonitoredItemCreateRequest(
+                ItemToMonitor=ua.ReadValueId(NodeId=notifier, AttributeId=AttributeIds.EventNotifier),
+                MonitoringMode=ua.MonitoringMode.Reporting,
+                RequestedParameters=ua.MonitoringParameters(
+                    ClientHandle=EVENT_HANDLE,
+                    SamplingInterval=0,
+                    Filter=flt,
+                    QueueSize=100,
+                    DiscardOldest=True,
+                ),
+            )
+            (result,) = await client.uaclient.create_monitored_items(
+                ua.CreateMonitoredItemsParameters(SubscriptionId=sub_id, ItemsToCreate=[request])
+            )
+            rejected = _filter_rejected(result)
+            if rejected is None:
+                self._event_fields = fields
+                return
+            last = rejected
+            if result.StatusCode.is_good():
+                with contextlib.suppress(Exception):
+                    await client.uaclient.delete_monitored_items(
+                        ua.DeleteMonitoredItemsParameters(
+                            SubscriptionId=sub_id, MonitoredItemIds=[result.MonitoredItemId]
+                        )
+                    )
+            log.info(
+                "opcua_event_filter_rejected", machine=self.machine_id, fields=len(fields), reason=rejected
+            )
+        raise DriverError(f"the server refused alarm events from {alarms.notifier.text}: {last}")
+
+    async def _watch(self, generation: int) -> None:
+        """A subscription that stops publishing (not even keep-alives) counts as a lost connection."""
+        period = max(0.5, min(self._stale_after / 3, 5.0))
+        while generation == self._generation and self._state is not ConnectionState.DISCONNECTED:
+            await asyncio.sleep(period)
+            if time.monotonic() - self._last_publish > self._stale_after:
+                self._lost(generation, "subscription stopped publishing")
+                return
+
+    def _on_publish(self, generation: int, result: ua.PublishResult) -> None:
+        if generation != self._generation:
+            return
+        self._last_publish = time.monotonic()
+        data = result.NotificationMessage.NotificationData
+        if not data:
+            return
+        sink = self._sink
+        now = self._clock()
+        samples: list[Sample] = []
+        tags = self.config.tags
+        for notif in data:
+            if isinstance(notif, ua.DataChangeNotification):
+                for item in notif.MonitoredItems:
+                    handle = item.ClientHandle
+                    if 0 <= handle < len(tags):
+                        samples.append(self._reading(tags[handle], item.Value, now))
+            elif isinstance(notif, ua.EventNotificationList):
+                for ev in notif.Events:
+                    if ev.ClientHandle == EVENT_HANDLE:
+                        notice = self._alarm(ev.EventFields, now)
+                        if notice is not None:
+                            samples.append(notice)
+            elif isinstance(notif, ua.StatusChangeNotification) and not notif.Status.is_good():
+                self._lost(generation, f"subscription ended: {status_name(notif.Status)}")
+                return
+        if samples and sink is not None:
+            sink(samples)
+
+    def _alarm(self, fields: Sequence[ua.Variant], now: float) -> AlarmNotice | None:
+        values: dict[str, Any] = {}
+        for name, var in zip(self._event_fields, fields, strict=False):
+            values[name] = var.Value if var is not None else None
+        if self._event_source is not None and values.get("SourceNode") != self._event_source:
+            return None  # another machine's alarm on a shared server
+        message = values.get("Message")
+        text = message.Text if isinstance(message, ua.LocalizedText) else (str(message) if message else "")
+        text = text or ""
+        severity = values.get("Severity")
+        sev = int(severity) if isinstance(severity, int) else 0
+        code = values.get("AlarmIdentifier")
+        active = values.get("Active")
+        if active is None:
+            active = values.get("ActiveState/Id")
+        etype = values.get("EventType")
+        etype_text = etype.to_string() if isinstance(etype, ua.NodeId) else "event"
+        if code is None or code == "":
+            code = code_from_message(text, etype_text)
+        return AlarmNotice(
+            machine_id=self.machine_id,
+            code=str(code),
+            message=text,
+            severity=sev,
+            active=True if active is None else bool(active),
+            timestamp=now,
+        )
+
+
+def _stop_publish_loop(client: Client) -> None:
+    # asyncua 2.1 keeps the session "activated" after the socket dropped, and its publish loop then logs
+    # a traceback every second until someone closes the session. Stop it before it wakes up.
+    task = getattr(client.uaclient.session, "_publish_task", None)
+    if task is not None and not task.done():
+        task.cancel()
+
+
+def _to_nodeid(ref: NodeRef, namespaces: Sequence[str]) -> tuple[ua.NodeId | None, str | None]:
+    index = ref.namespace_index
+    if ref.namespace_uri is not None:
+        if ref.namespace_uri not in namespaces:
+            return None, f"namespace {ref.namespace_uri} not on this server (BadNamespaceUnknown)"
+        index = namespaces.index(ref.namespace_uri)
+    ident: Any = ref.identifier
+    if ref.kind == "i":
+        ident = int(ident)
+    elif ref.kind == "g":
+        ident = uuid.UUID(ident)
+    elif ref.kind == "b":
+        ident = base64.b64decode(ident)
+    return ua.NodeId(ident, ua.Int16(index)), None
+
+
+def _operand(path: Sequence[ua.QualifiedName], type_id: ua.NodeId) -> ua.SimpleAttributeOperand:
+    return ua.SimpleAttributeOperand(
+        TypeDefinitionId=type_id, BrowsePath=list(path), AttributeId=AttributeIds.Value, IndexRange=None
+    )
+
+
+def _event_filter(event_type: ua.NodeId | None) -> ua.EventFilter:
+    """Select clauses in the order of ``_FIELDS_FULL`` (alarm type given) or ``_FIELDS_BASE``."""
+    base = ua.NodeId(ua.Int32(ObjectIds.BaseEventType))
+    select = [
+        _operand([ua.QualifiedName("EventType", 0)], base),
+        _operand([ua.QualifiedName("Message", 0)], base),
+        _operand([ua.QualifiedName("Severity", 0)], base),
+        _operand([ua.QualifiedName("SourceNode", 0)], base),
+    ]
+    flt = ua.EventFilter(SelectClauses=select)
+    if event_type is None:
+        return flt
+    ns = event_type.NamespaceIndex
+    select.append(_operand([ua.QualifiedName("AlarmIdentifier", ns)], event_type))
+    select.append(_operand([ua.QualifiedName("Active", ns)], event_type))
+    # A standard AlarmConditionType subtype carries the state as ActiveState/Id instead.
+    select.append(_operand([ua.QualifiedName("ActiveState", 0), ua.QualifiedName("Id", 0)], event_type))
+    element = ua.ContentFilterElement(
+        FilterOperator=ua.FilterOperator.OfType,
+        FilterOperands=[ua.LiteralOperand(Value=ua.Variant(event_type))],
+    )
+    flt.WhereClause = ua.ContentFilter(Elements=[element])
+    return flt
+
+
+def _filter_rejected(result: ua.MonitoredItemCreateResult) -> str | None:
+    if not result.StatusCode.is_good():
+        return status_name(result.StatusCode)
+    body = result.FilterResult
+    if isinstance(body, ua.EventFilterResult):
+        for el in body.WhereClauseResult.ElementResults or []:
+            if not el.StatusCode.is_good():
+                return f"where clause: {status_name(el.StatusCode)}"
+    return None

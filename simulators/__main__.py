@@ -1,0 +1,10 @@
+"""``python -m simulators``: the same as ``edge-agent simulate``."""
+
+from __future__ import annotations
+
+import sys
+
+from agent.commands.simulate_cmd import main
+
+if __name__ == "__main__":
+    sys.exit(main())

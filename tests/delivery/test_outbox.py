@@ -1,0 +1,233 @@
+"""The outbox against real SQLite files: durability, group commit, limits, disk full, damage."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.delivery.outbox import AttemptRecord, Outbox, OutboxFull, OutboxUnavailable
+from agent.delivery.retry import Decision
+from agent.delivery.settings import OutboxConfig
+
+from .conftest import FakeClock, delivery
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path)
+
+
+async def test_schema_is_versioned_wal_and_full_sync(outbox: Outbox) -> None:
+    with raw(outbox.path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = await outbox._w.execute_fetchall("PRAGMA synchronous")
+    assert next(iter(rows))[0] == 2  # FULL
+
+
+async def test_enqueue_returns_when_rows_are_visible_to_another_connection(outbox: Outbox) -> None:
+    await outbox.enqueue([delivery(1), delivery(2)])
+    with raw(outbox.path) as c:
+        got = c.execute("SELECT message_id, state, body FROM deliveries ORDER BY id").fetchall()
+    assert got == [("msg_000001", "pending", b'{"seq": 1}'), ("msg_000002", "pending", b'{"seq": 2}')]
+
+
+async def test_concurrent_enqueues_share_transactions(outbox: Outbox) -> None:
+    before = outbox.stats.committed_batches
+    await asyncio.gather(*(outbox.enqueue([delivery(i)]) for i in range(200)))
+    commits = outbox.stats.committed_batches - before
+    assert outbox.stats.enqueued == 200
+    assert 1 <= commits < 20  # 200 callers, a handful of fsyncs
+    assert (await outbox.counts()).pending == 200
+
+
+async def test_not_before_becomes_the_first_due_time(outbox: Outbox, clock: FakeClock) -> None:
+    await outbox.enqueue([delivery(1, not_before=clock.now + 600)])
+    early = await outbox.candidates("wf#0", clock.now, 10, fifo=False)
+    assert early.rows == [] and early.next_due == clock.now + 600
+    late = await outbox.candidates("wf#0", clock.now + 600, 10, fifo=False)
+    assert [r.message_id for r in late.rows] == ["msg_000001"]
+
+
+async def test_in_flight_rows_return_to_pending_on_reopen(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    await box.enqueue([delivery(1), delivery(2)])
+    await box.claim([1])
+    assert (await box.counts()).in_flight == 1
+    await box.close()
+    cli = await Outbox.open(path, OutboxConfig(), clock=clock, recover=False)
+    assert (await cli.counts()).in_flight == 1  # the CLI must not touch a running agent's rows
+    await cli.close()
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    counts = await box.counts()
+    assert (counts.pending, counts.in_flight) == (2, 0)
+    await box.close()
+
+
+async def test_record_keeps_attempt_history_with_response_prefix(outbox: Outbox, clock: FakeClock) -> None:
+    await outbox.enqueue([delivery(1)])
+    await outbox.claim([1])
+    rec = AttemptRecord(1, clock.now, 500, 0.012, "http_500", "HTTP 500", b"x" * 5000, Decision("pending", clock.now + 5, 1, 0))
+    await outbox.record([rec])
+    detail = await outbox.get(1)
+    assert detail is not None
+    assert detail.summary.state == "pending" and detail.summary.attempts == 1
+    assert detail.summary.last_error == "HTTP 500" and detail.summary.last_status == 500
+    (att,) = detail.attempts
+    assert (att.status, att.error_class, len(att.response)) == (500, "http_500", 1024)
+    assert detail.body == b'{"seq": 1}'
+
+
+async def test_list_pagination_filters_and_executions(outbox: Outbox, clock: FakeClock) -> None:
+    await outbox.enqueue([delivery(i, endpoint_key="a#0") for i in range(5)])
+    clock.advance(100)
+    await outbox.enqueue([delivery(i, endpoint_key="b#0", event_id="evt_shared") for i in range(5, 8)])
+    page = await outbox.list(limit=3)
+    assert [d.id for d in page.items] == [8, 7, 6] and page.next_cursor == 6
+    page2 = await outbox.list(limit=3, cursor=page.next_cursor)
+    assert [d.id for d in page2.items] == [5, 4, 3]
+    assert [d.id for d in (await outbox.list(workflow="a")).items] == [5, 4, 3, 2, 1]
+    assert len((await outbox.list(since=clock.now - 50)).items) == 3
+    ex = await outbox.executions(limit=2)
+    assert ex.items[0].event_id == "evt_shared" and ex.items[0].deliveries == 3
+    assert ex.items[0].states == {"pending": 3}
+    with pytest.raises(ValueError, match="unknown state"):
+        await outbox.list(state="lost")
+
+
+async def test_retry_cancel_purge(outbox: Outbox, clock: FakeClock) -> None:
+    await outbox.enqueue([delivery(i) for i in range(4)])
+    await outbox.claim([1, 2])
+    dead = Decision("dead", clock.now, 8, 0)
+    ok = Decision("delivered", clock.now, 1, 0)
+    await outbox.record([AttemptRecord(1, clock.now, 500, 0.1, "http_500", "HTTP 500", b"", dead)])
+    await outbox.record([AttemptRecord(2, clock.now, 200, 0.1, None, None, b"ok", ok)])
+    c = await outbox.counts()
+    assert (c.pending, c.dead, c.delivered) == (2, 1, 1)
+    assert await outbox.retry_dead() == 1
+    detail = await outbox.get(1)
+    assert detail is not None and detail.summary.state == "pending" and detail.summary.attempts == 0
+    assert await outbox.cancel(3)
+    assert not await outbox.cancel(2)  # delivered stays delivered
+    assert await outbox.purge() == 2  # delivered #2 and cancelled #3
+    assert await outbox.get(2) is None
+    assert (await outbox.counts()).pending == 2
+    assert await outbox.purge(("pending",), endpoint="wf#0") == 2
+    with pytest.raises(ValueError):
+        await outbox.purge(("in_flight",))
+
+
+async def test_row_limit_rejects_and_never_drops_pending(tmp_path: Path, clock: FakeClock) -> None:
+    box = await Outbox.open(tmp_path / "o.sqlite3", OutboxConfig(max_rows=100), clock=clock)
+    await box.enqueue([delivery(i) for i in range(100)])
+    with pytest.raises(OutboxFull, match="full"):
+        await box.enqueue([delivery(100)])
+    assert box.stats.rejected_full == 1
+    assert (await box.counts()).pending == 100
+    await box.close()
+
+
+async def test_drop_delivered_makes_room_from_history_only(tmp_path: Path, clock: FakeClock) -> None:
+    box = await Outbox.open(tmp_path / "o.sqlite3", OutboxConfig(max_rows=100, when_full="drop_delivered"), clock=clock)
+    await box.enqueue([delivery(i) for i in range(100)])
+    await box.claim(list(range(1, 51)))
+    ok = Decision("delivered", clock.now, 1, 0)
+    await box.record([AttemptRecord(i, clock.now, 200, 0.01, None, None, b"", ok) for i in range(1, 51)])
+    await box.enqueue([delivery(i) for i in range(100, 120)])
+    c = await box.counts()
+    assert c.pending == 70 and c.delivered < 50
+    with raw(box.path) as conn:
+        # Oldest history went first; no pending row was touched.
+        assert conn.execute("SELECT min(id) FROM deliveries WHERE state='delivered'").fetchone()[0] > 1
+        assert conn.execute("SELECT count(*) FROM attempts WHERE delivery_id <= 10").fetchone()[0] == 0
+    await box.close()
+
+
+async def test_prune_removes_old_delivered_history(tmp_path: Path, clock: FakeClock) -> None:
+    box = await Outbox.open(tmp_path / "o.sqlite3", OutboxConfig(keep_delivered=3600), clock=clock)
+    await box.enqueue([delivery(1), delivery(2)])
+    await box.claim([1])
+    await box.record([AttemptRecord(1, clock.now, 200, 0.01, None, None, b"", Decision("delivered", clock.now, 1, 0))])
+    assert await box.prune() == 0
+    clock.advance(3601)
+    assert await box.prune() == 1
+    c = await box.counts()
+    assert (c.delivered, c.pending) == (0, 1)
+    await box.close()
+
+
+async def test_disk_full_is_unavailable_then_recovers_without_loss(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    await box.enqueue([delivery(i) for i in range(10)])
+    with raw(path) as c:
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+    assert await box.set_page_limit(pages) == pages
+    big = [delivery(i, body=b'{"seq": %d, "pad": "%s"}' % (i, b"x" * 4000)) for i in range(10, 60)]
+    with pytest.raises(OutboxUnavailable, match="full"):
+        await box.enqueue(big)
+    assert box.stats.unavailable and box.stats.write_errors == 1
+    # Reads keep working and nothing accepted is lost or half-written.
+    c = await box.counts()
+    assert c.pending == 10
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    await box.set_page_limit(1_000_000)
+    await box.enqueue(big)  # the caller kept the items and retries
+    assert not box.stats.unavailable
+    assert (await box.counts()).pending == 60
+    await box.close()
+    with raw(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 60
+
+
+async def test_garbage_rows_are_skipped_and_reported(outbox: Outbox, clock: FakeClock) -> None:
+    await outbox.enqueue([delivery(1), delivery(2), delivery(3)])
+    with raw(outbox.path) as c:
+        c.execute("UPDATE deliveries SET body = 'not bytes' WHERE id = 1")
+        c.execute("UPDATE deliveries SET checksum = 12345 WHERE id = 2")
+    found = await outbox.candidates("wf#0", clock.now, 10, fifo=False)
+    assert [r.id for r in found.rows] == [3]
+    assert sorted(i for i, _ in found.corrupt) == [1, 2]
+    assert outbox.stats.corrupt_rows == 2
+    await outbox.mark_corrupt(found.corrupt)
+    detail = await outbox.get(2)
+    assert detail is not None and detail.summary.state == "dead"
+    assert detail.summary.last_error == "corrupt row: body checksum mismatch"
+    # retry --dead does not resurrect damaged rows
+    assert await outbox.retry_dead() == 0
+
+
+async def test_a_file_that_is_not_a_database_is_moved_aside(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    path.write_bytes(b"this is not sqlite at all" * 100)
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    await box.enqueue([delivery(1)])
+    assert (await box.counts()).pending == 1
+    await box.close()
+    aside = [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert aside == [f"outbox.sqlite3.corrupt-{int(clock.now)}"]
+
+
+async def test_newer_schema_is_refused_with_a_clear_error(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "o.sqlite3"
+    with raw(path) as c:
+        c.execute("PRAGMA user_version = 99")
+    with pytest.raises(Exception, match="newer than this edge-agent"):
+        await Outbox.open(path, OutboxConfig(), clock=clock)
+
+
+async def test_endpoint_disable_state_persists(tmp_path: Path, clock: FakeClock) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    await box.disable_endpoint("http://127.0.0.1:1/x", "410 Gone")
+    await box.close()
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    assert await box.disabled_endpoints() == {"http://127.0.0.1:1/x": "410 Gone"}
+    assert await box.enable_endpoint("http://127.0.0.1:1/x")
+    assert not await box.enable_endpoint("http://127.0.0.1:1/x")
+    await box.close()

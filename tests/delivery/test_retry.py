@@ -1,0 +1,140 @@
+"""The retry policy and circuit breaker as pure functions of (outcome, counters, now)."""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.delivery.retry import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    CircuitBreaker,
+    Classified,
+    Outcome,
+    classify,
+    decide,
+    parse_retry_after,
+    schedule_delay,
+)
+from agent.delivery.settings import DEFAULT_RETRY_SCHEDULE, BreakerConfig, DeliveryConfig
+
+NOW = 1_800_000_000.0
+CFG = DeliveryConfig(jitter=0.0)
+
+
+def test_classify_status_codes() -> None:
+    assert classify(200, {}, NOW).outcome is Outcome.DELIVERED
+    assert classify(204, {}, NOW).outcome is Outcome.DELIVERED
+    assert classify(410, {}, NOW).outcome is Outcome.GONE
+    assert classify(429, {"Retry-After": "30"}, NOW) == Classified(Outcome.THROTTLED, 30.0, "http_429")
+    assert classify(503, {}, NOW).outcome is Outcome.THROTTLED
+    assert classify(302, {"Location": "/x"}, NOW) == Classified(Outcome.RETRY, None, "redirect")
+    assert classify(500, {}, NOW) == Classified(Outcome.RETRY, None, "http_500")
+    assert classify(None, {}, NOW).outcome is Outcome.RETRY
+    assert classify(500, {"webhook-delivery": "abort-message"}, NOW).outcome is Outcome.ABORTED
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("120", NOW) == 120.0
+    date = format_datetime(datetime.fromtimestamp(NOW + 90, UTC), usegmt=True)
+    assert parse_retry_after(date, NOW) == 90.0
+    assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after(None, NOW) is None
+
+
+def test_default_schedule_is_the_svix_one() -> None:
+    assert DEFAULT_RETRY_SCHEDULE == (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    delays = [schedule_delay(CFG, n, 0.5) for n in range(1, 8)]
+    assert delays == [5, 300, 1800, 7200, 18000, 36000, 36000]
+
+
+def test_failure_walks_the_schedule_then_dies() -> None:
+    attempts, due = 0, NOW
+    times = []
+    for _ in range(8):
+        d = decide(CFG, Classified(Outcome.RETRY), attempts=attempts, throttled=0, age_base=NOW, now=due, rand=0.5)
+        attempts = d.attempts
+        if d.state == DEAD:
+            break
+        assert d.state == PENDING
+        times.append(d.due_at - due)
+        due = d.due_at
+    assert times == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    assert d.state == DEAD and attempts == 8
+
+
+@given(st.integers(min_value=1, max_value=20), st.floats(min_value=0, max_value=0.999))
+def test_jitter_stays_within_bounds(attempts: int, rand: float) -> None:
+    cfg = DeliveryConfig(jitter=0.2)
+    base = cfg.retry_schedule[min(attempts, len(cfg.retry_schedule) - 1)]
+    delay = schedule_delay(cfg, attempts, rand)
+    assert base * 0.8 - 1e-9 <= delay <= base * 1.2 + 1e-9
+
+
+def test_next_attempt_is_never_in_the_past_and_attempts_always_grow() -> None:
+    cfg = DeliveryConfig(jitter=1.0)
+    for n in range(10):
+        d = decide(cfg, Classified(Outcome.RETRY), attempts=n, throttled=0, age_base=NOW, now=NOW, rand=0.0)
+        assert d.due_at >= NOW and d.attempts == n + 1
+
+
+def test_throttled_does_not_burn_attempts_and_honours_retry_after() -> None:
+    d = decide(CFG, Classified(Outcome.THROTTLED, 120.0), attempts=2, throttled=0, age_base=NOW, now=NOW, rand=0.5)
+    assert (d.state, d.attempts, d.throttled, d.due_at) == (PENDING, 2, 1, NOW + 120)
+    assert d.pause_endpoint_until == NOW + 120
+    capped = decide(
+        CFG, Classified(Outcome.THROTTLED, 10**9), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0.5
+    )
+    assert capped.due_at == NOW + CFG.retry_after_max
+    bare = decide(CFG, Classified(Outcome.THROTTLED), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0.5)
+    assert bare.due_at >= NOW + 5
+
+
+def test_max_age_kills_even_throttled() -> None:
+    cfg = DeliveryConfig(jitter=0.0, max_age=3600)
+    d = decide(cfg, Classified(Outcome.THROTTLED, 1.0), attempts=0, throttled=50, age_base=NOW, now=NOW + 3600, rand=0)
+    assert d.state == DEAD
+    d = decide(cfg, Classified(Outcome.RETRY), attempts=1, throttled=0, age_base=NOW, now=NOW + 4000, rand=0)
+    assert d.state == DEAD
+
+
+def test_gone_holds_the_row_and_disables_the_endpoint() -> None:
+    d = decide(CFG, Classified(Outcome.GONE), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0)
+    assert d.state == PENDING and d.disable_endpoint
+
+
+def test_abort_message_is_dead_and_success_is_delivered() -> None:
+    assert decide(CFG, Classified(Outcome.ABORTED), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0).state == DEAD
+    ok = decide(CFG, Classified(Outcome.DELIVERED), attempts=3, throttled=0, age_base=NOW, now=NOW, rand=0)
+    assert (ok.state, ok.attempts) == (DELIVERED, 4)
+
+
+def test_breaker_opens_then_allows_exactly_one_probe() -> None:
+    b = CircuitBreaker(BreakerConfig(failures=3, cooldown=30, max_cooldown=100))
+    assert b.allowance(NOW, 0, 4) == 4
+    for _ in range(3):
+        b.failure(NOW)
+    assert b.is_open and b.allowance(NOW + 29, 0, 4) == 0
+    assert b.wake_at(NOW) == NOW + 30
+    assert b.allowance(NOW + 30, 0, 4) == 1
+    b.started()
+    assert b.allowance(NOW + 30, 1, 4) == 0  # the probe is out: nobody else
+    b.failure(NOW + 31)
+    assert b.allowance(NOW + 31 + 59, 0, 4) == 0  # cooldown doubled to 60
+    assert b.allowance(NOW + 31 + 60, 0, 4) == 1
+    b.started()
+    b.failure(NOW + 100)
+    assert b.open_until == NOW + 200  # capped at max_cooldown
+    b.success()
+    assert not b.is_open and b.allowance(NOW + 100, 0, 4) == 4
+
+
+def test_breaker_pause_blocks_until_time() -> None:
+    b = CircuitBreaker(BreakerConfig())
+    b.pause(NOW + 10)
+    assert b.allowance(NOW, 0, 2) == 0 and b.wake_at(NOW) == NOW + 10
+    assert b.allowance(NOW + 10, 0, 2) == 2

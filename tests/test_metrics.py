@@ -1,0 +1,101 @@
+"""Metrics as Prometheus sees them: render, then parse with prometheus-client's own text parser."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.config.source import Secret
+from agent.metrics import CONTENT_TYPE, Metrics, safe_label
+
+
+def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(m.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_every_issue_6_metric_is_exposed_with_its_values() -> None:
+    m = Metrics()
+    m.set_machine_statuses({"running": 2, "idle": 1})
+    m.observe_poll("mill-01", 0.004)
+    m.observe_poll("mill-01", 0.2, error="timeout")
+    m.count_readings("mill-01", 20)
+    m.count_readings("mill-01", 3, quality="bad")
+    m.count_event("alarm_triggered")
+    m.count_event("alarm_triggered")
+    m.count_workflow("alarm-to-mes", "enqueued")
+    m.set_outbox(pending=7, in_flight=2, dead=1, oldest_pending_age=12.5)
+    m.observe_delivery("alarm-to-mes#0", "delivered", 0.12)
+    m.observe_delivery("alarm-to-mes#0", "retry")
+    got = samples(m)
+    assert got[("edge_agent_machines", (("status", "running"),))] == 2
+    assert got[("edge_agent_machines", (("status", "idle"),))] == 1
+    assert got[("edge_agent_poll_duration_seconds_count", (("machine", "mill-01"),))] == 2
+    assert got[("edge_agent_poll_duration_seconds_bucket", (("le", "0.005"), ("machine", "mill-01")))] == 1
+    assert got[("edge_agent_poll_errors_total", (("kind", "timeout"), ("machine", "mill-01")))] == 1
+    assert got[("edge_agent_readings_total", (("machine", "mill-01"), ("quality", "good")))] == 20
+    assert got[("edge_agent_readings_total", (("machine", "mill-01"), ("quality", "bad")))] == 3
+    assert got[("edge_agent_events_total", (("type", "alarm_triggered"),))] == 2
+    assert (
+        got[("edge_agent_workflow_executions_total", (("outcome", "enqueued"), ("workflow", "alarm-to-mes")))]
+        == 1
+    )
+    assert got[("edge_agent_outbox_pending", ())] == 7
+    assert got[("edge_agent_outbox_in_flight", ())] == 2
+    assert got[("edge_agent_outbox_dead", ())] == 1
+    assert got[("edge_agent_outbox_oldest_pending_age_seconds", ())] == 12.5
+    assert (
+        got[("edge_agent_deliveries_total", (("endpoint", "alarm-to-mes#0"), ("outcome", "delivered")))] == 1
+    )
+    assert got[("edge_agent_deliveries_total", (("endpoint", "alarm-to-mes#0"), ("outcome", "retry")))] == 1
+    assert got[("edge_agent_delivery_latency_seconds_count", (("endpoint", "alarm-to-mes#0"),))] == 1
+    assert CONTENT_TYPE.startswith("text/plain")
+
+
+def test_registry_is_private_to_each_instance() -> None:
+    a, b = Metrics(), Metrics()
+    a.count_event("part_count")
+    assert ("edge_agent_events_total", (("type", "part_count"),)) not in samples(b)
+    assert b"edge_agent_events_total" not in _global_text()
+
+
+def _global_text() -> bytes:
+    from prometheus_client import generate_latest
+
+    return generate_latest(REGISTRY)
+
+
+def test_status_that_no_machine_has_any_more_drops_to_zero() -> None:
+    m = Metrics()
+    m.set_machine_statuses({"running": 1, "alarm": 1})
+    m.set_machine_statuses({"running": 2})
+    got = samples(m)
+    assert got[("edge_agent_machines", (("status", "alarm"),))] == 0
+    assert got[("edge_agent_machines", (("status", "running"),))] == 2
+
+
+def test_forgetting_a_machine_removes_its_series_only() -> None:
+    m = Metrics()
+    for name in ("mill-01", "lathe-02"):
+        m.observe_poll(name, 0.01, error="refused")
+        m.count_readings(name, 5)
+    m.forget_machine("mill-01")
+    text = m.render().decode()
+    assert "mill-01" not in text
+    assert 'machine="lathe-02"' in text
+
+
+def test_urls_lose_credentials_path_and_query_in_labels() -> None:
+    secret = Secret("whsec_c2VjcmV0", "test")
+    m = Metrics()
+    m.observe_delivery("https://user:p4ss@hooks.example.test:8443/hook?token=abc", "delivered", 0.1)
+    m.count_workflow(f"wf {secret}", "failed")
+    text = m.render().decode()
+    assert "p4ss" not in text and "token" not in text and "user" not in text and ":8443/hook" not in text
+    assert 'endpoint="https://hooks.example.test:8443"' in text
+    assert "whsec_c2VjcmV0" not in text
+    assert safe_label("x" * 500) == "x" * 120
+    assert safe_label("alarm-to-mes#0") == "alarm-to-mes#0"

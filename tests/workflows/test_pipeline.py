@@ -1,0 +1,409 @@
+"""The pipeline with real parts: derivers, a tmp_path outbox, the dispatcher and a verifying receiver.
+
+The pipeline's clock is injected and kept in the past (see ``FakeClock``); the outbox and dispatcher
+run on real time, so rows without a delay are due at once and signatures carry a real timestamp.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.derive.errors import UnknownCategory, UnknownDowntime
+from agent.events import ALARM_TRIGGERED, MACHINE_STATUS_CHANGED, MachineRef, iso_utc
+from agent.pipeline import (
+    NotManual,
+    OutOfScope,
+    Pipeline,
+    UnknownMachine,
+    UnknownWorkflow,
+    WorkflowDisabled,
+    message_id,
+)
+
+from .rig import LATHE, MILL, FakeClock, Receiver, body_of, hook, make_rig, readings, workflows_from
+
+DAY = 86400.0
+OPERATOR = {"id": "op456", "name": "John Smith"}
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+def past_clock() -> FakeClock:
+    return FakeClock(float(int(time.time() - 3 * DAY)))
+
+
+async def run_until_down(
+    clock: FakeClock, pipeline: Pipeline, machine: MachineRef = MILL, code: int = 0
+) -> None:
+    """ACTIVE, then stopped (IDLE, or ALARM with ``code``) for longer than the 1 min micro-stop."""
+    start = readings(machine, clock.now, execution="ACTIVE", alarm_code=0, alarm_severity=0, part_count=100)
+    await pipeline.on_samples(machine.id, start)
+    clock.advance(10)
+    stop = readings(
+        machine, clock.now, execution="STOPPED", alarm_code=code, alarm_severity=800 if code else 0
+    )
+    await pipeline.on_samples(machine.id, stop)
+    clock.advance(61)
+    await pipeline.tick()
+
+
+# -- seed example 1: maintenance alert
+
+
+async def test_maintenance_alert_by_auto_rule(tmp_path: Path, receiver: Receiver) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "maint": "name: Maintenance alert\nscope: {groups: [Milling, Turning]}\n"
+            "trigger: {type: downtime_categorized, categories: [Maintenance Required]}\n"
+            + hook(receiver.url("maintainx"), delay="0s"),
+        },
+    )
+    clock = past_clock()
+    rig = await make_rig(tmp_path, flows, clock)
+    try:
+        await run_until_down(clock, rig.pipeline, code=1001)
+        (got,) = await receiver.wait_for(1)
+    finally:
+        await rig.close()
+    assert got.error is None and got.payload is not None, got.error
+    assert got.path == "/maintainx"
+    body = body_of(got)
+    assert body["event"] == "downtime_categorized"
+    assert body["machine"] == {"id": "mill-01", "name": "CNC Mill 01", "group": "Milling"}
+    assert body["downtime"]["category"] == "Maintenance Required"
+    assert body["downtime"]["duration_seconds"] == 61
+    assert body["operator"] is None  # categorized by a rule, not a person
+    assert body["workflow"] == {"name": "Maintenance alert"}
+    assert got.headers["webhook-id"] == message_id(body["id"], "Maintenance alert", 0)
+
+
+async def test_operator_categorization_reproduces_the_seed_payload(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "maint": "name: Maintenance alert\ntrigger: {type: downtime_categorized, categories: [Maintenance Required]}\n"
+            + hook(receiver.url("maintainx")),
+        },
+    )
+    clock = past_clock()
+    rig = await make_rig(tmp_path, flows, clock)
+    try:
+        await run_until_down(clock, rig.pipeline)
+        open_dt = rig.pipeline.derivers["mill-01"].open_downtime  # type: ignore[attr-defined]
+        assert open_dt is not None and open_dt.category is None
+        clock.advance(1800 - 61)
+        with pytest.raises(UnknownDowntime):
+            await rig.pipeline.categorize("no-such-downtime", "Maintenance Required")
+        with pytest.raises(UnknownCategory):
+            await rig.pipeline.categorize(open_dt.id, "Coffee break")
+        event, executions = await rig.pipeline.categorize(
+            open_dt.id, "Maintenance Required", "Spindle bearing noise detected", OPERATOR
+        )
+        (got,) = await receiver.wait_for(1)
+    finally:
+        await rig.close()
+    assert [e.workflow for e in executions] == ["Maintenance alert"]
+    body = body_of(got)
+    assert got.payload == body
+    assert {k: body[k] for k in ("event", "machine", "operator")} == {
+        "event": "downtime_categorized",
+        "machine": {"id": "mill-01", "name": "CNC Mill 01", "group": "Milling"},
+        "operator": OPERATOR,
+    }
+    assert {k: body["downtime"][k] for k in ("duration_seconds", "category", "notes")} == {
+        "duration_seconds": 1800,
+        "category": "Maintenance Required",
+        "notes": "Spindle bearing noise detected",
+    }
+    assert body["id"] == event.id
+
+
+# -- seed example 2: supervisor notification after N minutes, once per downtime
+
+
+async def test_downtime_exceeded_fires_exactly_once_per_downtime(tmp_path: Path, receiver: Receiver) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "sup": "name: Supervisor notification\ntrigger: {type: downtime_exceeded, after: 30m}\n"
+            + hook(receiver.url("make")),
+        },
+    )
+    clock = past_clock()
+    rig = await make_rig(tmp_path, flows, clock)
+    try:
+        await run_until_down(clock, rig.pipeline)
+        down_since = clock.now - 61
+        for minute in (5, 20, 29):
+            clock.now = down_since + minute * 60
+            assert await rig.pipeline.tick() == []
+        clock.now = down_since + 30 * 60
+        (ex,) = await rig.pipeline.tick()
+        for minute in (31, 45, 90):
+            clock.now = down_since + minute * 60
+            assert await rig.pipeline.tick() == []
+        # Production resumes, then a second downtime: its own single notification.
+        await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="ACTIVE"))
+        clock.advance(600)
+        await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="STOPPED"))
+        second_since = clock.now
+        for minute in (1, 10, 30, 31, 60):
+            clock.now = second_since + minute * 60
+            await rig.pipeline.tick()
+        first, second = await receiver.wait_for(2)
+        page = await rig.outbox.list(workflow="Supervisor notification")
+    finally:
+        await rig.close()
+    assert len(page.items) == 2
+    bodies = [body_of(first), body_of(second)]
+    assert [b["event"] for b in bodies] == ["downtime_exceeded", "downtime_exceeded"]
+    assert bodies[0]["downtime"]["id"] != bodies[1]["downtime"]["id"]
+    assert [b["downtime"]["threshold_seconds"] for b in bodies] == [1800, 1800]
+    assert bodies[0]["downtime"]["duration_seconds"] == 1800
+    assert first.payload is not None and second.payload is not None
+    assert ex.workflow == "Supervisor notification"
+
+
+# -- seed example 3: daily production sync on a schedule
+
+
+async def test_scheduled_production_sync_counts_since_last_run(tmp_path: Path, receiver: Receiver) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "sync": "name: Daily production sync\nscope: {groups: [Milling]}\n"
+            "trigger: {type: scheduled, cron: '0 23 * * *', timezone: Europe/Berlin}\n"
+            + hook(receiver.url("production")),
+        },
+    )
+    berlin = ZoneInfo("Europe/Berlin")
+    today = datetime.fromtimestamp(time.time() - 3 * DAY, berlin).date()
+    start = datetime(today.year, today.month, today.day, 22, 0, tzinfo=berlin).timestamp()
+    clock = FakeClock(start)
+    rig = await make_rig(tmp_path, flows, clock)
+    p = rig.pipeline
+    try:
+        for machine in (MILL, LATHE):
+            await p.on_samples(machine.id, readings(machine, clock.now, execution="ACTIVE", part_count=100))
+        clock.advance(600)
+        await p.on_samples("mill-01", readings(MILL, clock.now, part_count=105))
+        await p.on_samples("lathe-02", readings(LATHE, clock.now, part_count=150))
+        clock.now = start + 3599
+        assert await p.tick() == []
+        clock.now = start + 3600 + 5  # 23:00:05 Berlin
+        (first_run,) = await p.tick()
+        assert await p.tick() == []  # once per schedule time, not per tick
+        clock.advance(3600)
+        await p.on_samples("mill-01", readings(MILL, clock.now, part_count=112))
+        clock.now = start + 3600 + DAY + 1  # the next evening
+        (second_run,) = await p.tick()
+        first, second = await receiver.wait_for(2)
+    finally:
+        await rig.close()
+    assert first_run.machine_id is None and second_run.workflow == "Daily production sync"
+    b1, b2 = body_of(first), body_of(second)
+    assert b1["event"] == "scheduled"
+    assert b1["timestamp"] == iso_utc(start + 3600)
+    assert b1["workflow"]["trigger"] == {
+        "type": "scheduled",
+        "cron": "0 23 * * *",
+        "timezone": "Europe/Berlin",
+    }
+    assert b1["production"]["machines"] == [
+        {"machine": MILL.as_dict(), "parts": 5}
+    ]  # the lathe is out of scope
+    assert b2["production"]["machines"] == [{"machine": MILL.as_dict(), "parts": 7}]
+    assert b2["production"]["since"] == b1["timestamp"]
+
+
+# -- seed example 4: manual trigger
+
+
+async def test_manual_trigger_and_its_refusals(tmp_path: Path, receiver: Receiver) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "qa": "name: Quality inspection\nscope: {machines: [mill-01]}\n"
+            "trigger: {type: manual, description: Request Quality Inspection}\n"
+            + hook(receiver.url("quality")),
+            "off": "name: Off\nenabled: false\ntrigger: {type: manual}\n" + hook(receiver.url("off")),
+            "auto": "name: Auto\ntrigger: {type: alarm_triggered}\n" + hook(receiver.url("auto")),
+        },
+    )
+    clock = past_clock()
+    rig = await make_rig(tmp_path, flows, clock)
+    try:
+        ex = await rig.pipeline.trigger("Quality inspection", "mill-01", OPERATOR, "burr on part 7")
+        (got,) = await receiver.wait_for(1)
+        with pytest.raises(UnknownWorkflow):
+            await rig.pipeline.trigger("Nope", "mill-01")
+        with pytest.raises(UnknownMachine):
+            await rig.pipeline.trigger("Quality inspection", "mill-99")
+        with pytest.raises(WorkflowDisabled):
+            await rig.pipeline.trigger("Off", "mill-01")
+        with pytest.raises(NotManual):
+            await rig.pipeline.trigger("Auto", "mill-01")
+        with pytest.raises(OutOfScope):
+            await rig.pipeline.trigger("Quality inspection", "lathe-02")
+        rows = await rig.outbox.list()
+    finally:
+        await rig.close()
+    assert len(rows.items) == 1  # refusals never reach the outbox
+    assert ex.durable and ex.machine_id == "mill-01"
+    body = body_of(got)
+    assert got.payload == body
+    assert body["event"] == "manual_trigger"
+    assert body["machine"] == MILL.as_dict()
+    assert body["operator"] == OPERATOR
+    assert body["note"] == "burr on part 7"
+    assert body["workflow"] == {"name": "Quality inspection", "description": "Request Quality Inspection"}
+    assert rig.pipeline.last_execution("Quality inspection") == ex
+
+
+# -- filters, scope, disabled, throttle (outbox rows only: no dispatcher needed)
+
+
+async def test_alarm_and_status_filters_scope_and_disabled(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9/unused"
+    flows = workflows_from(
+        tmp_path,
+        {
+            "a": "name: Spindle\ntrigger: {type: alarm_triggered, codes: [1001], min_severity: 500}\n"
+            + hook(url),
+            "b": "name: Coolant lathe\nscope: {machines: [lathe-02]}\n"
+            "trigger: {type: alarm_triggered, code_patterns: ['20*']}\n" + hook(url),
+            "c": "name: Turning stops\nscope: {groups: [Turning]}\n"
+            "trigger: {type: machine_status_changed, from: [ACTIVE]}\n" + hook(url),
+            "d": "name: Disabled\nenabled: false\ntrigger: {type: alarm_triggered}\n" + hook(url),
+            "e": "name: Into alarm\ntrigger: {type: machine_status_changed, to: [ALARM]}\n" + hook(url),
+        },
+    )
+    clock = past_clock()
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False)
+    p = rig.pipeline
+    fired: list[tuple[str, str | None, str]] = []
+    try:
+        for machine in (MILL, LATHE):
+            for ex in await p.on_samples(
+                machine.id, readings(machine, clock.now, execution="ACTIVE", alarm_code=0, alarm_severity=0)
+            ):
+                fired.append((ex.workflow, ex.machine_id, ex.event_type))
+        steps = [
+            (MILL, {"alarm_code": 1001, "alarm_severity": 400}),  # below min severity
+            (MILL, {"alarm_code": 0}),
+            (MILL, {"alarm_code": 1001, "alarm_severity": 800}),
+            (MILL, {"alarm_code": 0}),
+            (MILL, {"alarm_code": 2040, "alarm_severity": 800}),  # coolant on the mill: out of scope for b
+            (LATHE, {"alarm_code": 2040, "alarm_severity": 100}),
+        ]
+        for machine, values in steps:
+            clock.advance(5)
+            for ex in await p.on_samples(machine.id, readings(machine, clock.now, **values)):
+                fired.append((ex.workflow, ex.machine_id, ex.event_type))
+        rows = await rig.outbox.list(limit=100)
+    finally:
+        await rig.close()
+    assert ("Spindle", "mill-01", ALARM_TRIGGERED) in fired
+    assert [f for f in fired if f[0] == "Spindle"] == [("Spindle", "mill-01", ALARM_TRIGGERED)]
+    assert [f for f in fired if f[0] == "Coolant lathe"] == [("Coolant lathe", "lathe-02", ALARM_TRIGGERED)]
+    assert [f for f in fired if f[0] == "Turning stops"] == [
+        ("Turning stops", "lathe-02", MACHINE_STATUS_CHANGED)
+    ]
+    # Every mill alarm goes ACTIVE/IDLE -> ALARM: the first from ACTIVE, then from IDLE each time.
+    assert {f[1] for f in fired if f[0] == "Into alarm"} == {"mill-01", "lathe-02"}
+    assert not [f for f in fired if f[0] == "Disabled"]
+    assert len(rows.items) == len(fired)
+
+
+async def test_min_interval_throttles_per_machine(tmp_path: Path) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "a": "name: Alarms\nmin_interval: 5m\ntrigger: {type: alarm_triggered}\n"
+            + hook("http://127.0.0.1:9/x"),
+        },
+    )
+    clock = past_clock()
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False)
+    p = rig.pipeline
+    counts = []
+    try:
+        for machine in (MILL, LATHE):
+            await p.on_samples(machine.id, readings(machine, clock.now, execution="ACTIVE", alarm_code=0))
+        for code in (1001, 0, 1002, 0, 1003):  # three alarms within a minute on the mill
+            clock.advance(10)
+            counts.append(len(await p.on_samples("mill-01", readings(MILL, clock.now, alarm_code=code))))
+        counts.append(len(await p.on_samples("lathe-02", readings(LATHE, clock.now, alarm_code=1001))))
+        clock.advance(300)
+        counts.append(len(await p.on_samples("mill-01", readings(MILL, clock.now, alarm_code=2040))))
+    finally:
+        await rig.close()
+    assert counts == [1, 0, 0, 0, 0, 1, 1]
+
+
+async def test_delay_is_persisted_as_not_before_across_a_restart(tmp_path: Path) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "qa": "name: Later\ntrigger: {type: manual}\n" + hook("http://127.0.0.1:9/later", delay="1h"),
+        },
+    )
+    clock = FakeClock(time.time())
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False)
+    try:
+        await rig.pipeline.trigger("Later", "mill-01")
+    finally:
+        await rig.close()
+    # A new process: the hold is in the file, not in memory.
+    from agent.delivery.outbox import Outbox
+    from agent.delivery.settings import OutboxConfig
+
+    reopened = await Outbox.open(tmp_path / "outbox.sqlite3", OutboxConfig())
+    try:
+        (row,) = (await reopened.list()).items
+        due_now = await reopened.candidates("Later#0", time.time(), 10, fifo=False)
+        due_later = await reopened.candidates("Later#0", clock.now + 3601, 10, fifo=False)
+    finally:
+        await reopened.close()
+    assert row.state == "pending"
+    assert row.due_at == pytest.approx(clock.now + 3600, abs=1.0)
+    assert due_now.rows == [] and due_now.next_due == pytest.approx(row.due_at)
+    assert [d.message_id for d in due_later.rows] == [row.message_id]
+
+
+async def test_refused_rows_wait_in_memory_and_are_enqueued_later(tmp_path: Path) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "qa": "name: QA\ntrigger: {type: manual}\n" + hook("http://127.0.0.1:9/qa"),
+        },
+    )
+    clock = past_clock()
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False)
+    try:
+        pages = await rig.outbox.set_page_limit(1)  # the disk-full drill: no page can be added
+        await rig.outbox.set_page_limit(max(pages, 1))
+        held = await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000)
+        held_count = rig.pipeline.pending
+        await rig.outbox.set_page_limit(1_000_000)
+        await rig.pipeline.tick()
+        rows = (await rig.outbox.list()).items
+    finally:
+        await rig.close()
+    assert not held.durable and held_count == 1
+    assert rig.pipeline.pending == 0
+    assert [r.message_id for r in rows] == list(held.message_ids)
