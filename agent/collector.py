@@ -51,6 +51,18 @@ def next_slot(scheduled: float, finished: float, interval: float) -> tuple[float
     return scheduled + (skipped + 1) * interval, skipped
 
 
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation a library swallowed.
+
+    Python 3.11's ``asyncio.wait_for`` (which pymodbus and asyncua use) returns the result instead of
+    raising when the awaited reply lands in the same loop step as ``cancel()``; the task would then
+    poll on forever and block shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 @dataclass
 class CollectorStats:
     polls: int = 0
@@ -127,9 +139,11 @@ class Collector:
             except Exception as exc:  # a driver bug must not end collection for good
                 reason = f"unexpected driver error: {exc!r}"
             else:
+                _raise_if_cancelled()
                 self.stats.connects += 1
                 log.info("machine_connected", machine=self.machine_id, after_failures=failures)
                 return
+            _raise_if_cancelled()
             failures += 1
             self.stats.connect_failures += 1
             if failures == 1:  # once per outage; the readings carry the current reason
@@ -169,6 +183,7 @@ class Collector:
             except Exception as exc:  # read() should not raise; if it does, report and go on
                 readings = ()
                 failure = f"read failed: {exc!r}"
+            _raise_if_cancelled()
             finished = self._clock()
             lag = start - scheduled
             stats.polls += 1
@@ -227,10 +242,12 @@ class Collector:
 
     async def _try_subscribe(self) -> bool:
         try:
-            return await self.driver.subscribe(self.sink)
+            subscribed = await self.driver.subscribe(self.sink)
         except Exception as exc:
             log.warning("subscribe_failed", machine=self.machine_id, error=repr(exc))
-            return False
+            subscribed = False
+        _raise_if_cancelled()
+        return subscribed
 
     async def _watch(self) -> None:
         """While the driver pushes samples, only check once per interval that it is still connected."""

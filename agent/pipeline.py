@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from agent.delivery.outbox import NewDelivery, OutboxFull, OutboxUnavailable
-from agent.derive.errors import UnknownDowntime
+from agent.derive.errors import DeriveError, UnknownDowntime
 from agent.events import MANUAL_TRIGGER, SCHEDULED, Event, MachineRef, iso_utc, new_event_id
 from agent.workflows.match import exceeded_thresholds, fires, in_scope
 from agent.workflows.payload import build_payload, encode
@@ -67,7 +67,12 @@ class Deriver(Protocol):
     def ingest(self, samples: Sequence[Any], now: float) -> list[Event]: ...
     def tick(self, now: float) -> list[Event]: ...
     def categorize(
-        self, downtime_id: str, category: str, notes: str | None, operator: Mapping[str, Any] | None, now: float
+        self,
+        downtime_id: str,
+        category: str,
+        notes: str | None,
+        operator: Mapping[str, Any] | None,
+        now: float,
     ) -> Event: ...
     def snapshot(self) -> dict[str, Any]: ...
     def parts_since(self, ts: float) -> int: ...
@@ -79,7 +84,9 @@ class Deriver(Protocol):
 class Store(Protocol):
     """What the pipeline uses of ``agent.derive.store.DeriveStore``."""
 
-    async def save(self, snapshots: Mapping[str, Mapping[str, Any]]) -> None: ...
+    async def save_many(
+        self, snapshots: Mapping[str, Mapping[str, Any]], now: float | None = None
+    ) -> None: ...
     async def load_all(self) -> Mapping[str, Any]: ...
 
 
@@ -200,8 +207,6 @@ class Pipeline:
         self._plan_schedules(self._clock())
 
     def _push_thresholds(self) -> None:
-        if not hasattr(self, "workflows"):
-            return
         flows = list(self.workflows.values())
         for mid, deriver in self.derivers.items():
             ref = self.machines.get(mid)
@@ -236,7 +241,9 @@ class Pipeline:
         totals = state.get("totals")
         if isinstance(totals, Mapping):
             self._stored_totals = {
-                str(wf): {str(m): int(n) for m, n in per.items() if isinstance(n, int) and not isinstance(n, bool)}
+                str(wf): {
+                    str(m): int(n) for m, n in per.items() if isinstance(n, int) and not isinstance(n, bool)
+                }
                 for wf, per in totals.items()
                 if isinstance(per, Mapping)
             }
@@ -279,7 +286,10 @@ class Pipeline:
         self._dirty.add(machine_id)
         if not events:
             return []
-        return await self._fire(events, now)
+        executions = await self._fire(events, now)
+        if executions:
+            await self._save_after_firing(now)
+        return executions
 
     async def tick(self, now: float | None = None) -> list[Execution]:
         """Advance timers and schedules; retry rows the outbox refused; save changed snapshots."""
@@ -302,7 +312,9 @@ class Pipeline:
         executions = await self._fire(events, now) if events or self._pending else []
         if ran:
             await self._save_schedules()
-        if self._dirty and not self._pending and now - self._last_save >= self._snapshot_interval:
+        if executions:
+            await self._save_after_firing(now)
+        elif self._dirty and not self._pending and now - self._last_save >= self._snapshot_interval:
             await self.save_snapshots(now)
         return executions
 
@@ -325,8 +337,7 @@ class Pipeline:
         self._dirty.add(owner)
         executions = await self._fire([event], now)
         # An operator's word is worth a write of its own: do not wait for the next batch.
-        if not self._pending:
-            await self.save_snapshots(now)
+        await self._save_after_firing(now)
         return event, executions
 
     def _downtime_owner(self, downtime_id: str) -> str | None:
@@ -440,7 +451,7 @@ class Pipeline:
             log.info(
                 "workflow_fired",
                 workflow=ex.workflow,
-                event=ex.event_type,
+                event_type=ex.event_type,
                 event_id=ex.event_id,
                 machine_id=ex.machine_id,
                 deliveries=len(ex.message_ids),
@@ -472,16 +483,25 @@ class Pipeline:
 
     # -- durability of derived state
 
+    async def _save_after_firing(self, now: float) -> None:
+        """Once deliveries are durable, make the state that produced them durable too: a restart
+        must not derive (and send) the same event again under a new id."""
+        if not self._pending:
+            await self.save_snapshots(now)
+
     async def save_snapshots(self, now: float | None = None) -> None:
+        """Write the snapshots of machines whose state changed, all in one transaction."""
         if self._store is None or not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
         snapshots = {mid: self.derivers[mid].snapshot() for mid in sorted(dirty) if mid in self.derivers}
         try:
-            await self._store.save(snapshots)
-        except Exception:
+            await self._store.save_many(snapshots)
+        except DeriveError as exc:
+            # Derived state is a convenience across restarts; delivery goes on. Try again next time.
             self._dirty |= dirty
-            raise
+            log.error("derived_state_not_saved", machines=len(snapshots), error=str(exc))
+            return
         self._last_save = self._clock() if now is None else now
 
     async def _save_schedules(self) -> None:
@@ -492,7 +512,10 @@ class Pipeline:
                 self._stored_runs[name] = sched.last_run
                 self._stored_totals[name] = dict(sched.totals)
         state = {"last_run": dict(self._stored_runs), "totals": dict(self._stored_totals)}
-        await self._store.save({SCHEDULE_STATE_KEY: state})
+        try:
+            await self._store.save_many({SCHEDULE_STATE_KEY: state})
+        except DeriveError as exc:
+            log.error("schedule_state_not_saved", error=str(exc))
 
     async def close(self) -> None:
         """Last chance to enqueue rows waiting in memory and to save derived state."""

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from agent.config.agent_file import Config, collect_config
 from agent.config.machines import MachineConfig
+from agent.delivery.settings import OUTBOX_FILE
 from agent.metrics import Metrics
 from agent.notify import Notifier
 from agent.supervisor import Supervisor
@@ -29,7 +30,6 @@ from drivers.base import Driver, Quality, Sample
 
 log = structlog.get_logger(__name__)
 
-OUTBOX_FILE = "outbox.sqlite3"
 STATE_FILE = "state.sqlite3"
 TICK_SECONDS = 1.0
 
@@ -160,7 +160,7 @@ class Runtime:
             await self.outbox.close()
         log.info("agent_stopped")
 
-    async def _derivers(self, machines: Sequence[MachineConfig]) -> dict[str, Any]:
+    async def _derivers(self, machines: Sequence[MachineConfig], *, after_restart: bool = True) -> dict[str, Any]:
         from agent.derive.machine import MachineDeriver
 
         saved = await self.store.load_all()
@@ -170,7 +170,7 @@ class Runtime:
             snap = saved.get(m.id)
             if snap is not None:
                 try:
-                    d.restore(snap)
+                    d.restore(snap, after_restart=after_restart)
                 except Exception as exc:
                     # A snapshot from an incompatible older config must not keep the agent from starting.
                     log.error("derived_state_not_restored", machine_id=m.id, error=str(exc))
@@ -291,26 +291,20 @@ class Runtime:
     # ---- the API, with /metrics, /healthz, /readyz and reload added to the operator routes
 
     async def _start_api(self) -> None:
-        from agent.api.server import create_app
+        from agent.api.server import add_public_route, bound_port, create_app, start_api
 
         api = self.config.agent.api
+        if not api.enabled:
+            log.warning("api_disabled", detail="no api: section; manual triggers, /metrics and /readyz are off")
+            return
         app = create_app(self.pipeline, self.outbox, api)
         app.router.add_get("/metrics", self._metrics_handler)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
         app.router.add_post("/api/v1/reload", self._reload_handler)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        ssl_context = api.ssl_context() if hasattr(api, "ssl_context") else None
-        site = web.TCPSite(self._runner, api.host, api.port, ssl_context=ssl_context, reuse_address=True)
-        await site.start()
-        scheme = "https" if ssl_context else "http"
-        port = api.port
-        if port == 0 and site._server is not None:  # an ephemeral port (tests): report the real one
-            sockets = getattr(site._server, "sockets", None) or []
-            if sockets:
-                port = sockets[0].getsockname()[1]
-        self.api_url = f"{scheme}://{api.host}:{port}"
+        add_public_route(app, "GET", "/healthz", self._healthz)
+        add_public_route(app, "GET", "/readyz", self._readyz)
+        self._runner = await start_api(app, api)
+        host = api.base_url.rsplit(":", 1)[0]
+        self.api_url = f"{host}:{bound_port(self._runner)}"
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:
         self._update_metrics()
@@ -361,7 +355,7 @@ class Runtime:
         derivers = dict(self.pipeline.derivers)
         for mid in removed:
             derivers.pop(mid, None)
-        rebuilt = await self._derivers([fresh[mid] for mid in added + changed])
+        rebuilt = await self._derivers([fresh[mid] for mid in added + changed], after_restart=False)
         derivers.update(rebuilt)
         self.config = new
         self.pipeline.set_machines({m.id: m.ref for m in new.machines}, derivers)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import resource
@@ -40,10 +41,14 @@ HOST = "127.0.0.1"
 async def serve(n: int, per_port: int) -> None:
     from simulators.modbus_server import machines_for, start_modbus_server
 
+    # A reply to a client that already hung up (at the end of a run) is not news.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     sims = []
     for first in range(0, n, per_port):
         count = min(per_port, n - first)
-        sims.append(await start_modbus_server(machines_for([f"m{first + i}" for i in range(count)]), host=HOST))
+        sims.append(
+            await start_modbus_server(machines_for([f"m{first + i}" for i in range(count)]), host=HOST)
+        )
     print(json.dumps({"ports": [s.port for s in sims]}), flush=True)
     # Run until the parent closes our stdin.
     loop = asyncio.get_running_loop()
@@ -111,7 +116,8 @@ async def collect(ports: list[int], n: int, per_port: int, seconds: float, warmu
     }
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    _, stuck = await asyncio.wait(tasks, timeout=30)
+    result["stuck_at_shutdown"] = len(stuck)
     return result
 
 
@@ -138,9 +144,9 @@ def run_once(n: int, per_port: int, seconds: float, warmup: float) -> dict[str, 
     try:
         assert sim.stdout is not None
         ports = json.loads(sim.stdout.readline())["ports"]
+        timing = ["--seconds", str(seconds), "--warmup", str(warmup)]
         out = subprocess.run(
-            [*me, "--collect", json.dumps(ports), "--n", str(n), "--per-port", str(per_port)]
-            + ["--seconds", str(seconds), "--warmup", str(warmup)],
+            [*me, "--collect", json.dumps(ports), "--n", str(n), "--per-port", str(per_port), *timing],
             capture_output=True,
             text=True,
             env=env,
@@ -197,7 +203,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, action="append", help="machines (repeatable); default 50, 200, 500")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per N (default 20)")
-    ap.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (connects, first polls)")
+    ap.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds before measuring (connects, first polls)"
+    )
     ap.add_argument("--per-port", type=int, default=1, help="unit ids behind one simulated port (default 1)")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the ceiling search")
     ap.add_argument("--max-n", type=int, default=2000, help="ceiling search limit (default 2000)")
@@ -217,7 +225,9 @@ def main() -> int:
         return 0
 
     sizes = args.n or [50, 200, 500]
-    print(f"poll benchmark: {REGISTERS} holding registers per machine at 1 Hz, {args.per_port} unit(s) per port")
+    print(
+        f"poll benchmark: {REGISTERS} holding registers per machine at 1 Hz, {args.per_port} unit(s) per port"
+    )
     print(HEADER)
     for n in sizes:
         print(row(run_once(n, args.per_port, args.seconds, args.warmup)), flush=True)

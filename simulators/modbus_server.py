@@ -19,7 +19,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
@@ -135,11 +135,11 @@ class ModbusSimulator:
             self._context = server.context
             self.publish_all()
         if self.port == 0:
-            self.port = server.transport.sockets[0].getsockname()[1]
+            self.port = cast(Any, server.transport).sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._server is not None:
-            await self._server.shutdown()
+            await cast(Any, self._server).shutdown()  # untyped in pymodbus
             self._server = None
 
     async def restart(self) -> None:

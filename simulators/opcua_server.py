@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,7 +22,8 @@ from simulators.model import Alarm, Execution, MachineState
 NAMESPACE_URI = "urn:edge-agent:simulator"
 # Registered ahead of the simulator namespace on a "shifted" boot, so the simulator's index moves.
 SHIFT_NAMESPACE_URI = "urn:edge-agent:simulator:shift"
-EVENT_TYPE = "CncAlarmType"  # s= identifier of the event type node
+EVENT_TYPE = "CncAlarmType"
+APPLICATION_URI = "urn:edge-agent:simulator:server"  # a server certificate must carry it as SAN URI  # s= identifier of the event type node
 
 log = structlog.get_logger(__name__)
 
@@ -81,13 +83,23 @@ def _quiet_asyncua() -> None:
 class OpcuaSimulator:
     """A running (or stopped) simulator server; create it with :func:`start_opcua_server`."""
 
-    def __init__(self, machines: Sequence[MachineState], host: str, port: int) -> None:
+    def __init__(
+        self,
+        machines: Sequence[MachineState],
+        host: str,
+        port: int,
+        certificate: Path | None = None,
+        private_key: Path | None = None,
+    ) -> None:
         names = [m.name for m in machines]
         if len(set(names)) != len(names):
             raise ValueError("machine names must be unique on one OPC-UA simulator")
         self.machines: dict[str, MachineState] = {m.name: m for m in machines}
         self.host = host
         self.port = port
+        # With a certificate the server also offers Basic256Sha256 (Sign, SignAndEncrypt) next to None.
+        self.certificate = certificate
+        self.private_key = private_key
         self.namespace_index = 0
         self._server: Server | None = None
         self._published: dict[str, dict[str, Any]] = {}
@@ -117,7 +129,16 @@ class OpcuaSimulator:
         server.disable_clock()
         server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/")
         server.set_server_name("edge-agent CNC simulator")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        await server.set_application_uri(APPLICATION_URI)
+        policies = [ua.SecurityPolicyType.NoSecurity]
+        if self.certificate is not None and self.private_key is not None:
+            await server.load_certificate(str(self.certificate))
+            await server.load_private_key(str(self.private_key))
+            policies += [
+                ua.SecurityPolicyType.Basic256Sha256_Sign,
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ]
+        server.set_security_policy(policies)
         if shift_namespace:
             await server.register_namespace(SHIFT_NAMESPACE_URI)
         self.namespace_index = await server.register_namespace(NAMESPACE_URI)
@@ -242,9 +263,17 @@ class OpcuaSimulator:
 
 
 async def start_opcua_server(
-    machines: Sequence[MachineState], host: str = "127.0.0.1", port: int = 0
+    machines: Sequence[MachineState],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    certificate: Path | None = None,
+    private_key: Path | None = None,
 ) -> OpcuaSimulator:
-    """Start one server for ``machines``; ``port=0`` picks a free port (see ``.port`` / ``.url``)."""
-    sim = OpcuaSimulator(machines, host, port)
+    """Start one server for ``machines``; ``port=0`` picks a free port (see ``.port`` / ``.url``).
+
+    ``certificate`` (DER or PEM) and ``private_key`` (PEM) enable the Basic256Sha256 endpoints too.
+    """
+    sim = OpcuaSimulator(machines, host, port, certificate, private_key)
     await sim.start()
     return sim

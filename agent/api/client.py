@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -59,6 +59,8 @@ class ApiClient:
             )
         return cls(config.base_url, config.token, timeout=timeout, ssl_context=_client_ssl(config))
 
+    from_config = for_config  # the name the lead's commands use
+
     async def __aenter__(self) -> ApiClient:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self
@@ -70,12 +72,25 @@ class ApiClient:
             await self._session.close()
             self._session = None
 
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        query: Mapping[str, str] | None = None,
+        expect: Sequence[int] = (),
+    ) -> Any:
+        """The decoded JSON answer; any status >= 400 not listed in ``expect`` raises ``ApiRequestError``."""
+        return await self._call(method, path, body, query, expect)
+
     async def _call(
         self,
         method: str,
         path: str,
         body: Mapping[str, Any] | None = None,
         query: Mapping[str, str] | None = None,
+        expect: Sequence[int] = (),
     ) -> Any:
         if self._session is None:
             raise RuntimeError("use ApiClient as 'async with'")
@@ -94,7 +109,7 @@ class ApiClient:
             data = json.loads(text) if text else None
         except json.JSONDecodeError:
             data = None
-        if status >= 400:
+        if status >= 400 and status not in expect:
             err = data.get("error") if isinstance(data, dict) else None
             if isinstance(err, dict):
                 raise ApiRequestError(
@@ -167,3 +182,6 @@ class ApiClient:
             query["cursor"] = cursor
         result: dict[str, Any] = await self._call("GET", "/api/v1/executions", query=query)
         return result
+
+
+ApiError = ApiRequestError  # the name the lead's commands use

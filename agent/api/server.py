@@ -232,7 +232,9 @@ def _machine_view(pipeline: Pipeline, machine_id: str, *, detail: bool = False) 
     out["open_downtime"] = _downtime_view(machine_id, open_dt, now) if open_dt is not None else None
     out["active_alarms"] = [_alarm_view(a) for a in deriver.active_alarms]
     if detail:
-        out["recent_downtimes"] = [_downtime_view(machine_id, d, now) for d in reversed(deriver.recent_downtimes)]
+        out["recent_downtimes"] = [
+            _downtime_view(machine_id, d, now) for d in reversed(deriver.recent_downtimes)
+        ]
         out["parts_total"] = deriver.part_total
         day = datetime.fromtimestamp(now, tz=getattr(deriver.spec, "timezone", None) or UTC).date()
         out["parts_today"] = deriver.part_totals(day)
@@ -451,9 +453,10 @@ async def start_api(app: web.Application, config: ApiConfig) -> web.AppRunner:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, ssl_context=config.ssl_context())
     await site.start()
+    port = bound_port(runner)
     if not config.loopback and not config.tls:
-        log.warning("api_exposed_without_tls", host=config.host, port=config.port)
-    log.info("api_listening", host=config.host, port=config.port, tls=config.tls)
+        log.warning("api_exposed_without_tls", host=config.host, port=port)
+    log.info("api_listening", host=config.host, port=port, tls=config.tls)
     return runner
 
 

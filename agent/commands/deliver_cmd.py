@@ -111,7 +111,7 @@ def _since(text: str | None, now: float) -> float | None:
 def _run(
     state_dir: Path,
     config: OutboxConfig | None,
-    out: TextIO,
+    out: TextIO | None,
     body: Callable[[Outbox], Awaitable[int]],
 ) -> int:
     path = state_dir / OUTBOX_FILE
@@ -136,6 +136,11 @@ def _run(
         return 2
 
 
+def _o(out: TextIO | None) -> TextIO:
+    # Resolved per call, not at import: pytest's capsys and redirected stdout must be honoured.
+    return out if out is not None else sys.stdout
+
+
 def _when(ts: float | None) -> str:
     return "-" if ts is None else iso_utc(round(ts))
 
@@ -151,36 +156,36 @@ def outbox_list(
     since: str | None = None,
     limit: int = 50,
     config: OutboxConfig | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     async def body(box: Outbox) -> int:
         page = await box.list(state=state, workflow=workflow, since=_since(since, time.time()), limit=limit)
         counts = await box.counts()
         age = "-" if counts.oldest_pending_age is None else f"{counts.oldest_pending_age:.0f}s"
-        out.write(
+        _o(out).write(
             f"pending {counts.pending}  in flight {counts.in_flight}  delivered {counts.delivered}  "
             f"dead {counts.dead}  cancelled {counts.cancelled}  oldest pending {age}  "
             f"size {counts.bytes / 2**20:.1f} MiB\n"
         )
         if not page.items:
-            out.write("no deliveries match\n")
+            _o(out).write("no deliveries match\n")
             return 0
-        out.write(f"{'ID':>8}  {'STATE':<10} {'TRY':>3}  {'CREATED':<20}  {'WORKFLOW#ACTION':<28} LAST\n")
+        _o(out).write(f"{'ID':>8}  {'STATE':<10} {'TRY':>3}  {'CREATED':<20}  {'WORKFLOW#ACTION':<28} LAST\n")
         for d in page.items:
             last = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "")
-            out.write(
+            _o(out).write(
                 f"{d.id:>8}  {d.state:<10} {d.attempts:>3}  {_when(d.created_at):<20}  "
                 f"{d.endpoint:<28} {last}\n"
             )
         if page.next_cursor is not None:
-            out.write(f"(more: showing the newest {limit}; use --limit or --since)\n")
+            _o(out).write(f"(more: showing the newest {limit}; use --limit or --since)\n")
         return 0
 
     return _run(state_dir, config, out, body)
 
 
 def outbox_show(
-    state_dir: Path, delivery_id: int, *, config: OutboxConfig | None = None, out: TextIO = sys.stdout
+    state_dir: Path, delivery_id: int, *, config: OutboxConfig | None = None, out: TextIO | None = None
 ) -> int:
     async def body(box: Outbox) -> int:
         detail = await box.get(delivery_id)
@@ -202,21 +207,21 @@ def outbox_show(
             ("attempts", d.attempts),
             ("last error", d.last_error or "-"),
         ):
-            out.write(f"{label:>13}: {value}\n")
-        out.write("body:\n")
+            _o(out).write(f"{label:>13}: {value}\n")
+        _o(out).write("body:\n")
         try:
             pretty = json.dumps(json.loads(detail.body), indent=2, ensure_ascii=False)
         except ValueError:
             pretty = detail.body.decode("utf-8", "replace")
-        out.write("".join(f"  {line}\n" for line in pretty.splitlines()))
-        out.write(f"attempts ({len(detail.attempts)}):\n")
+        _o(out).write("".join(f"  {line}\n" for line in pretty.splitlines()))
+        _o(out).write(f"attempts ({len(detail.attempts)}):\n")
         for a in detail.attempts:
             status = a.status if a.status is not None else "---"
             latency = f"{a.latency * 1000:.0f}ms" if a.latency is not None else "-"
             err = f" {a.error_class}: {a.error}" if a.error else ""
-            out.write(f"  {_when(a.at)}  {status}  {latency}{err}\n")
+            _o(out).write(f"  {_when(a.at)}  {status}  {latency}{err}\n")
             if a.response:
-                out.write(f"    response: {a.response[:200].decode('utf-8', 'replace')!r}\n")
+                _o(out).write(f"    response: {a.response[:200].decode('utf-8', 'replace')!r}\n")
         return 0
 
     return _run(state_dir, config, out, body)
@@ -228,7 +233,7 @@ def outbox_retry(
     *,
     dead: bool = False,
     config: OutboxConfig | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     if (delivery_id is None) == (not dead):
         print("give a delivery ID or --dead (not both)", file=sys.stderr)
@@ -237,11 +242,11 @@ def outbox_retry(
     async def body(box: Outbox) -> int:
         if dead:
             n = await box.retry_dead()
-            out.write(f"{n} dead deliveries queued again\n")
+            _o(out).write(f"{n} dead deliveries queued again\n")
             return 0
         assert delivery_id is not None
         if await box.retry(delivery_id):
-            out.write(f"delivery {delivery_id} queued again\n")
+            _o(out).write(f"delivery {delivery_id} queued again\n")
             return 0
         print(f"no delivery {delivery_id} that can be retried (unknown or in flight)", file=sys.stderr)
         return 1
@@ -250,11 +255,11 @@ def outbox_retry(
 
 
 def outbox_cancel(
-    state_dir: Path, delivery_id: int, *, config: OutboxConfig | None = None, out: TextIO = sys.stdout
+    state_dir: Path, delivery_id: int, *, config: OutboxConfig | None = None, out: TextIO | None = None
 ) -> int:
     async def body(box: Outbox) -> int:
         if await box.cancel(delivery_id):
-            out.write(f"delivery {delivery_id} cancelled\n")
+            _o(out).write(f"delivery {delivery_id} cancelled\n")
             return 0
         print(f"no pending or dead delivery {delivery_id}", file=sys.stderr)
         return 1
@@ -269,7 +274,7 @@ def outbox_purge(
     endpoint: str | None = None,
     older_than: str | None = None,
     config: OutboxConfig | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     try:
         older = as_duration(older_than) if older_than is not None else None
@@ -281,7 +286,7 @@ def outbox_purge(
         n = await box.purge(
             tuple(states or (DELIVERED, DEAD, CANCELLED)), endpoint=endpoint, older_than=older
         )
-        out.write(f"{n} deliveries purged\n")
+        _o(out).write(f"{n} deliveries purged\n")
         return 0
 
     return _run(state_dir, config, out, body)
@@ -294,19 +299,19 @@ def history(
     since: str | None = None,
     limit: int = 50,
     config: OutboxConfig | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> int:
     async def body(box: Outbox) -> int:
         page = await box.executions(workflow=workflow, since=_since(since, time.time()), limit=limit)
         if not page.items:
-            out.write("no executions match\n")
+            _o(out).write("no executions match\n")
             return 0
-        out.write(f"{'WHEN':<20}  {'WORKFLOW':<24} {'EVENT':<24} {'MACHINE':<12} RESULT\n")
+        _o(out).write(f"{'WHEN':<20}  {'WORKFLOW':<24} {'EVENT':<24} {'MACHINE':<12} RESULT\n")
         for e in page.items:
             result = ", ".join(f"{n} {s}" for s, n in e.states.items())
             if e.last_error and ("dead" in e.states or "pending" in e.states):
                 result += f" ({e.last_error})"
-            out.write(
+            _o(out).write(
                 f"{_when(e.created_at):<20}  {e.workflow:<24} {e.event_type:<24} "
                 f"{e.machine_id or '-':<12} {result}\n"
             )
@@ -315,26 +320,26 @@ def history(
     return _run(state_dir, config, out, body)
 
 
-def endpoint_list(state_dir: Path, *, config: OutboxConfig | None = None, out: TextIO = sys.stdout) -> int:
+def endpoint_list(state_dir: Path, *, config: OutboxConfig | None = None, out: TextIO | None = None) -> int:
     async def body(box: Outbox) -> int:
         rows = await box.endpoint_summary()
         if not rows:
-            out.write("no endpoints in the outbox yet\n")
+            _o(out).write("no endpoints in the outbox yet\n")
         for e in rows:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(e.counts.items())) or "no deliveries"
             flag = f"DISABLED ({e.disabled_reason})" if e.disabled_reason else "enabled"
-            out.write(f"{e.url}  {flag}  {counts}\n")
+            _o(out).write(f"{e.url}  {flag}  {counts}\n")
         return 0
 
     return _run(state_dir, config, out, body)
 
 
 def endpoint_enable(
-    state_dir: Path, url: str, *, config: OutboxConfig | None = None, out: TextIO = sys.stdout
+    state_dir: Path, url: str, *, config: OutboxConfig | None = None, out: TextIO | None = None
 ) -> int:
     async def body(box: Outbox) -> int:
         if await box.enable_endpoint(url):
-            out.write(f"{url} enabled; a running agent resumes it within a minute\n")
+            _o(out).write(f"{url} enabled; a running agent resumes it within a minute\n")
             return 0
         print(f"{url} is not disabled", file=sys.stderr)
         return 1
@@ -342,9 +347,9 @@ def endpoint_enable(
     return _run(state_dir, config, out, body)
 
 
-def secret_generate(nbytes: int = 32, out: TextIO = sys.stdout) -> int:
+def secret_generate(nbytes: int = 32, out: TextIO | None = None) -> int:
     try:
-        out.write(generate_secret(nbytes) + "\n")
+        _o(out).write(generate_secret(nbytes) + "\n")
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -127,7 +127,9 @@ def collect_config(path: Path, state_dir: Path | None = None) -> tuple[Config | 
     if agent is None:
         return None, problems
     root = path.parent
-    machines = load_machines(agent.machines_dir, problems, display_root=root.parent)
+    machines = load_machines(
+        agent.machines_dir, problems, display_root=root.parent, categories=agent.categories
+    )
 
     from agent.workflows.spec import load_workflows
 

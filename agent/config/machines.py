@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from drivers.modbus.config import ModbusMachineConfig
     from drivers.opcua.config import OpcuaMachineConfig
 
-    from agent.derive.spec import DerivationSpec
+    from agent.derive.spec import Categories, DerivationSpec
 
 PROTOCOLS = ("modbus", "opcua")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -49,7 +49,7 @@ class MachineConfig:
 
     @property
     def subscribes(self) -> bool:
-        return bool(getattr(self.connection, "subscribe", False))
+        return getattr(self.connection, "mode", "poll") == "subscribe"
 
 
 def profile_names() -> list[str]:
@@ -94,7 +94,11 @@ def _merge(base: Any, over: Any) -> Any:
 
 
 def parse_machine(
-    data: Any, file: str, problems: Problems, base_dir: Path | None = None
+    data: Any,
+    file: str,
+    problems: Problems,
+    base_dir: Path | None = None,
+    categories: Categories | None = None,
 ) -> MachineConfig | None:
     """Read one machine file's content; problems are collected, ``None`` when the file is unusable."""
     top = Section(data, file=file, path="", problems=problems, base_dir=base_dir)
@@ -144,7 +148,7 @@ def parse_machine(
 
     from agent.derive.spec import parse_derivation
 
-    derivation = parse_derivation(top, set(connection.tag_names))
+    derivation = parse_derivation(top, set(connection.tag_names), categories)
     top.done()
     if len(problems.items) > before:
         return None
@@ -161,7 +165,12 @@ def parse_machine(
     )
 
 
-def load_machines(folder: Path, problems: Problems, display_root: Path | None = None) -> list[MachineConfig]:
+def load_machines(
+    folder: Path,
+    problems: Problems,
+    display_root: Path | None = None,
+    categories: Categories | None = None,
+) -> list[MachineConfig]:
     """Every ``*.yaml`` / ``*.yml`` in ``folder``; duplicate ids are reported with both files."""
     if not folder.is_dir():
         problems.add(str(folder), None, "", "machines directory not found")
@@ -176,7 +185,7 @@ def load_machines(folder: Path, problems: Problems, display_root: Path | None = 
             if path.stat().st_size == 0:
                 problems.add(shown, None, "", "file is empty")
             continue
-        machine = parse_machine(data, shown, problems, base_dir=path.parent)
+        machine = parse_machine(data, shown, problems, base_dir=path.parent, categories=categories)
         if machine is None:
             continue
         if machine.id in seen:

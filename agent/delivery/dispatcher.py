@@ -36,6 +36,8 @@ from agent.delivery.signing import signing_headers
 log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+# (endpoint key, outcome: delivered|retry|throttled|gone|aborted|dead, seconds from enqueue to delivery)
+ResultObserver = Callable[[str, str, float | None], None]
 USER_AGENT = f"edge-agent/{__version__}"
 # How often, in clock time, to prune history and re-read endpoint state changed by the CLI.
 MAINTENANCE_INTERVAL = 60.0
@@ -69,8 +71,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        on_result: ResultObserver | None = None,
     ) -> None:
         self.outbox = outbox
+        self._on_result = on_result
         self.config = config
         self.clock = clock
         self._sleep = sleep
@@ -138,13 +142,11 @@ class Dispatcher:
             await self._loop_task
         if self._tasks:
             _, unfinished = await asyncio.wait(set(self._tasks), timeout=grace)
+            ids = [self._tasks[t].id for t in unfinished if t in self._tasks]
             for task in unfinished:
                 task.cancel()
             if unfinished:
                 await asyncio.wait(unfinished)
-                ids = [self._tasks[t].id for t in unfinished if t in self._tasks]
-                for t in unfinished:
-                    self._tasks.pop(t, None)
                 if ids:
                     with contextlib.suppress(OutboxError):
                         await self.outbox.release(ids, "interrupted by shutdown")
@@ -234,8 +236,10 @@ class Dispatcher:
             rows = found.rows[:allowance]
             if not rows:
                 continue
-            await self.outbox.claim([r.id for r in rows])
+            claimed = await self.outbox.claim([r.id for r in rows])
             for row in rows:
+                if row.id not in claimed:
+                    continue
                 ep.in_flight += 1
                 ep.breaker.started()
                 task = asyncio.create_task(self._deliver(key, cfg, ep, row), name=f"deliver-{row.id}")
@@ -390,6 +394,13 @@ class Dispatcher:
             log.error("delivery.dead", attempts=d.attempts, error=rec.error, **fields)
         elif out is Outcome.RETRY:
             log.warning("delivery.failed", error=rec.error, attempts=d.attempts, retry_at=d.due_at, **fields)
+        if self._on_result is not None:
+            outcome = DEAD if d.state == DEAD else out.value
+            latency = rec.at - row.created_at if d.state == DELIVERED else None
+            try:
+                self._on_result(key, outcome, latency)
+            except Exception as exc:  # metrics must never break delivery
+                log.warning("delivery.observer_failed", error=str(exc))
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:

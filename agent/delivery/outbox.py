@@ -261,7 +261,6 @@ _INSERT = (
     "INSERT INTO deliveries (message_id, endpoint, url, workflow, event_type, machine_id, event_id, body, "
     "checksum, created_at, age_base, due_at, state, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'pending',?)"
 )
-_CLAIM = "UPDATE deliveries SET state = 'in_flight', updated_at = ? WHERE id = ? AND state = 'pending'"
 _RECORD = (
     "UPDATE deliveries SET state = ?, due_at = ?, attempts = ?, throttled = ?, last_status = ?, "
     "last_error = ?, updated_at = ? WHERE id = ? AND state = 'in_flight'"
@@ -686,9 +685,27 @@ class Outbox:
                 log.error("outbox.corrupt_row", id=rid, error=why)
         return Candidates(good, corrupt, next_due)
 
-    async def claim(self, ids: Sequence[int]) -> None:
+    async def claim(self, ids: Sequence[int]) -> set[int]:
+        """Mark rows in flight; returns the ids really claimed (the CLI may have cancelled one)."""
+        if not ids:
+            return set()
         now = self.clock()
-        await self._submit([(_CLAIM, [(now, i) for i in ids])], mergeable=True)
+        marks = ",".join("?" * len(ids))
+        res = await self._submit(
+            [
+                (
+                    "UPDATE deliveries SET state = 'in_flight', updated_at = ? "
+                    f"WHERE id IN ({marks}) AND state = 'pending'",
+                    [(now, *ids)],
+                )
+            ]
+        )
+        if res[0] == len(ids):
+            return set(ids)
+        rows = await self._r.execute_fetchall(
+            f"SELECT id FROM deliveries WHERE id IN ({marks}) AND state = 'in_flight'", tuple(ids)
+        )
+        return {int(r[0]) for r in rows}
 
     async def record(self, records: Sequence[AttemptRecord]) -> None:
         upd: list[Sequence[Any]] = []

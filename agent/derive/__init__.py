@@ -1,5 +1,7 @@
 """Derivation: readings → status, alarms, downtime, part counts → events. Pure except ``store``."""
 
+from .alarms import ActiveAlarm
+from .downtime import Downtime
 from .errors import (
     DeriveError,
     InvalidCategorization,
@@ -11,10 +13,12 @@ from .machine import MachineDeriver
 from .spec import Categories, Category, DerivationSpec, parse_categories, parse_derivation
 
 __all__ = [
+    "ActiveAlarm",
     "Categories",
     "Category",
     "DerivationSpec",
     "DeriveError",
+    "Downtime",
     "InvalidCategorization",
     "MachineDeriver",
     "SnapshotError",

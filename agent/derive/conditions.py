@@ -14,10 +14,11 @@ Comparing values of unlike types (a word with a number) is simply false, never a
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from collections.abc import Callable, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config.source import Section, as_duration
@@ -54,11 +55,16 @@ ValueCheck = Callable[[Any], bool]
 
 @dataclass(frozen=True)
 class Condition:
-    """A compiled ``when``: ``check(ctx)``; ``tags`` it reads; ``time_dependent`` if ``now`` matters."""
+    """A compiled ``when``: ``check(ctx)``; ``tags`` it reads; ``time_dependent`` if ``now`` matters.
 
-    check: Check
+    Equality is by ``source`` (the canonical text of the ``when``), not by the closure, so two
+    parses of an unchanged file compare equal and a config reload leaves that machine alone.
+    """
+
+    check: Check = field(compare=False)
     tags: frozenset[str]
     time_dependent: bool
+    source: str = ""
 
 
 # Derived keys, by context. Status rules see only tags and ``alarm_active``; categorization rules
@@ -117,7 +123,8 @@ def compile_when(sec: Section, *, tag_names: Set[str], derived: Set[str]) -> Con
     sec.done()
     if not ok:
         return None
-    return Condition(_all(checks), frozenset(tags), time_dependent)
+    source = json.dumps(dict(sec.data), sort_keys=True, default=str)
+    return Condition(_all(checks), frozenset(tags), time_dependent, source)
 
 
 def _all(checks: list[Check]) -> Check:

@@ -33,6 +33,7 @@ from .status import StatusChange
 Fact = tuple[str, dict[str, Any]]  # event type and its data sections
 _KEEP_RECENT = 50
 _MAX_NOTES = 2000
+_KEEP_ALARMS = 20
 
 
 @dataclass
@@ -129,19 +130,23 @@ class DowntimeTracker:
             if dt is None:
                 return []
             dt.ended_at = max(change.since, dt.started_at)
+            dt.alarms = []  # only auto-rules of an open downtime need them
             self.open = None
             self.recent.append(dt)
             return [(DOWNTIME_ENDED, self._data(dt, dt.ended_at))]
         if change.from_state == ACTIVE:
             self.left_at = change.since
             # The alarm that stopped the machine usually came before the debounced status change.
-            self.seen = {a.code: a for a in active}
+            self.seen = {a.code: a for a in list(active)[:_KEEP_ALARMS]}
         return []
 
     def on_alarm(self, fact: AlarmFact) -> None:
         if self.open is not None:
-            self.open.alarms.append(fact)
-        elif self.left_at is not None:
+            known = self.open.alarms
+            # A flapping alarm must not grow the snapshot: one entry per code, a bounded few codes.
+            if all(a.code != fact.code for a in known) and len(known) < _KEEP_ALARMS:
+                known.append(fact)
+        elif self.left_at is not None and (fact.code in self.seen or len(self.seen) < _KEEP_ALARMS):
             self.seen[fact.code] = fact
 
     def step(self, now: float, state: str | None, ctx: RuleContext, retry_rules: bool) -> list[Fact]:

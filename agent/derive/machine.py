@@ -273,8 +273,12 @@ class MachineDeriver:
             "parts": self._parts.to_dict(),
         }
 
-    def restore(self, data: Mapping[str, Any]) -> None:
-        """Continue from ``snapshot()``; a damaged one raises ``SnapshotError`` and changes nothing."""
+    def restore(self, data: Mapping[str, Any], *, after_restart: bool = True) -> None:
+        """Continue from ``snapshot()``; a damaged one raises ``SnapshotError`` and changes nothing.
+
+        ``after_restart`` (the agent was down): active alarms become unknown until the first good
+        readings settle them. Pass ``False`` when only the configuration was reloaded.
+        """
         f = Fields(data, f"snapshot[{self.machine.id}]")
         version = f.raw("version")
         if version != SNAPSHOT_VERSION:
@@ -287,6 +291,8 @@ class MachineDeriver:
         parts = PartCounter(self.spec.parts, self.spec.timezone)
         status.load(f.sub("status"))
         alarms.load(f.sub("alarms"))
+        if not after_restart:
+            alarms.settle()
         downtime.load(f.sub("downtime"))
         parts.load(f.sub("parts"))
         last_now = f.opt_number("last_now")

@@ -96,7 +96,9 @@ class DeriveStore:
         """Every stored snapshot by machine id; an undecodable row is logged and skipped."""
         out: dict[str, dict[str, Any]] = {}
         try:
-            async with self._db.execute("SELECT machine_id, snapshot FROM machine_state ORDER BY machine_id") as cur:
+            async with self._db.execute(
+                "SELECT machine_id, snapshot FROM machine_state ORDER BY machine_id"
+            ) as cur:
                 rows = await cur.fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: reading derived state failed: {exc}") from exc
@@ -104,12 +106,16 @@ class DeriveStore:
             try:
                 data = json.loads(text)
             except (TypeError, ValueError) as exc:
-                log.warning("derive_state_unreadable", machine=machine_id, path=str(self.path), error=str(exc))
+                log.warning(
+                    "derive_state_unreadable", machine=machine_id, path=str(self.path), error=str(exc)
+                )
                 continue
             if isinstance(data, dict):
                 out[str(machine_id)] = data
             else:
-                log.warning("derive_state_unreadable", machine=machine_id, path=str(self.path), error="not an object")
+                log.warning(
+                    "derive_state_unreadable", machine=machine_id, path=str(self.path), error="not an object"
+                )
         return out
 
     async def delete(self, machine_id: str) -> None:

@@ -171,7 +171,7 @@ def _parse_map(t: Section, type_: str) -> tuple[tuple[Any, str], ...]:
 def _word(value: Any) -> str:
     if isinstance(value, bool):
         # YAML 1.1 reads ON, OFF, yes and no as booleans: the word the user meant is gone.
-        raise ValueError("YAML read this word as true/false; quote it, e.g. \"ON\"")
+        raise ValueError('YAML read this word as true/false; quote it, e.g. "ON"')
     return as_str(value)
 
 

@@ -98,6 +98,7 @@ class Link:
         self._failures = 0
         self._next_attempt = 0.0
         self._silent = 0
+        self._answered = False
         self.reason = "not connected yet"
         self.connects = 0  # successful connects, for metrics and tests
 
@@ -140,6 +141,9 @@ class Link:
             except TimeoutError:
                 ok = False
                 reason = f"no TCP connection to {self.name} within {self.timeout:g} s"
+            except (OSError, ModbusException) as exc:
+                ok = False
+                reason = f"cannot connect to {self.name}: {exc}"
             if not ok or not client.connected:
                 client.close()
                 self._failed(reason)
@@ -151,8 +155,8 @@ class Link:
                     self._failed(f"{self.name} closed the connection right after connecting")
                     raise LinkDown(self.reason)
             self._state = ConnectionState.CONNECTED
-            self._failures = 0
             self._silent = 0
+            self._answered = False
             self.connects += 1
             self.reason = ""
             log.info("modbus_connected", link=self.name)
@@ -176,14 +180,22 @@ class Link:
             self._client.close()  # lost while still connecting: cancel pymodbus' own retry
 
     def _drop(self, reason: str) -> None:
-        """Forget the connection; the next ``connect()`` makes a new one (after backoff, if repeated)."""
+        """Forget the connection; the next ``connect()`` makes a new one.
+
+        A connection that carried at least one reply is retried at once. One that was dropped before
+        any reply counts as a failed connect, so a device that accepts and hangs up at once is retried
+        on the backoff rather than in a tight loop.
+        """
         if self._client is not None:
             # Also cancels pymodbus' own reconnect task: reconnecting is done by connect() alone.
             self._client.close()
-        self._state = ConnectionState.DISCONNECTED
-        self._failures = 0
-        self._next_attempt = 0.0
-        self.reason = reason
+        if self._answered:
+            self._state = ConnectionState.DISCONNECTED
+            self._failures = 0
+            self._next_attempt = 0.0
+            self.reason = reason
+        else:
+            self._failed(reason)
         log.warning("modbus_disconnected", link=self.name, reason=reason)
 
     async def read(
@@ -210,6 +222,9 @@ class Link:
                 self._drop(f"connection to {self.name} failed: {exc}")
                 raise LinkDown(self.reason) from None
             self._silent = 0
+            if not self._answered:
+                self._answered = True
+                self._failures = 0  # the backoff resets only once the device really answered
         if reply.isError():
             code = int(getattr(reply, "exception_code", 0))
             name = EXCEPTION_NAMES.get(code, "unknown exception")

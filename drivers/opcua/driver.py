@@ -23,11 +23,12 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.client.ua_client import UaClientState
 from asyncua.client.ua_session import SessionState
-from asyncua.crypto import security_policies
+from asyncua.crypto import security_policies, uacrypto
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
+from cryptography import x509
 
 from drivers.base import AlarmNotice, ConnectionState, DriverError, Quality, Reading, Sample, Sink
 from drivers.opcua.config import NodeRef, OpcuaMachineConfig, OpcuaTag
@@ -185,6 +186,11 @@ class OpcuaDriver:
         if sec.policy != "None":
             if sec.certificate_file is None or sec.private_key_file is None:
                 raise DriverError("a security policy needs certificate_file and private_key_file")
+            # Servers check that the session's ApplicationUri is the one in our certificate.
+            cert = await uacrypto.load_certificate(str(sec.certificate_file))
+            uris = _certificate_uris(cert)
+            if uris:
+                client.application_uri = uris[0]
             await client.set_security(
                 _POLICIES[sec.policy],
                 certificate=str(sec.certificate_file),
@@ -274,7 +280,9 @@ class OpcuaDriver:
             return self._all(Quality.DISCONNECTED, self._reason or "not connected")
         generation = self._generation
         try:
-            values = await client.uaclient.read_attributes(self._poll_nodes, AttributeIds.Value)
+            values: list[ua.DataValue] = []
+            if self._poll_nodes:  # one Read request for every resolvable tag
+                values = await client.uaclient.read_attributes(self._poll_nodes, AttributeIds.Value)
         except UaStatusCodeError as exc:
             if exc.code in _SESSION_GONE:
                 self._lost(generation, f"read failed: {status_name(exc.code)}")
@@ -531,6 +539,14 @@ class OpcuaDriver:
             active=True if active is None else bool(active),
             timestamp=now,
         )
+
+
+def _certificate_uris(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(u) for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)]
 
 
 def _stop_publish_loop(client: Client) -> None:

@@ -60,15 +60,26 @@ class FakeClock:
         """Wait until the dispatcher has nothing in flight and sleeps; returns its wake-up time."""
 
         def quiet() -> bool:
-            return (
-                dispatcher.busy == 0 and self.next_deadline is not None and not dispatcher.wake_pending
-            )
+            return dispatcher.busy == 0 and self.next_deadline is not None and not dispatcher.wake_pending
 
         async with asyncio.timeout(within), self.changed:
             await self.changed.wait_for(quiet)
         deadline = self.next_deadline
         assert deadline is not None
         return deadline
+
+
+async def run_until(clock: FakeClock, dispatcher: Dispatcher, until: float) -> None:
+    """Step through every wake-up the dispatcher asks for up to ``until``, then settle there."""
+    for _ in range(10_000):
+        deadline = await clock.settled(dispatcher)
+        if deadline > until:
+            break
+        clock.advance_to(deadline)
+    else:
+        raise AssertionError("dispatcher kept asking for wake-ups: busy loop?")
+    clock.advance_to(until)
+    await clock.settled(dispatcher)
 
 
 @pytest.fixture
@@ -92,7 +103,9 @@ def endpoint(key: str, url: str, secret: str, **kw: object) -> EndpointConfig:
     return EndpointConfig(key=key, url=url, secrets=(Secret(secret, "test"),), **kw)  # type: ignore[arg-type]
 
 
-def delivery(i: int, endpoint_key: str = "wf#0", url: str = "http://127.0.0.1:9/", **kw: object) -> NewDelivery:
+def delivery(
+    i: int, endpoint_key: str = "wf#0", url: str = "http://127.0.0.1:9/", **kw: object
+) -> NewDelivery:
     base: dict[str, object] = {
         "message_id": f"msg_{i:06d}",
         "endpoint": endpoint_key,

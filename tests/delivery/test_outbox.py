@@ -70,7 +70,16 @@ async def test_in_flight_rows_return_to_pending_on_reopen(tmp_path: Path, clock:
 async def test_record_keeps_attempt_history_with_response_prefix(outbox: Outbox, clock: FakeClock) -> None:
     await outbox.enqueue([delivery(1)])
     await outbox.claim([1])
-    rec = AttemptRecord(1, clock.now, 500, 0.012, "http_500", "HTTP 500", b"x" * 5000, Decision("pending", clock.now + 5, 1, 0))
+    rec = AttemptRecord(
+        1,
+        clock.now,
+        500,
+        0.012,
+        "http_500",
+        "HTTP 500",
+        b"x" * 5000,
+        Decision("pending", clock.now + 5, 1, 0),
+    )
     await outbox.record([rec])
     detail = await outbox.get(1)
     assert detail is not None
@@ -131,7 +140,9 @@ async def test_row_limit_rejects_and_never_drops_pending(tmp_path: Path, clock: 
 
 
 async def test_drop_delivered_makes_room_from_history_only(tmp_path: Path, clock: FakeClock) -> None:
-    box = await Outbox.open(tmp_path / "o.sqlite3", OutboxConfig(max_rows=100, when_full="drop_delivered"), clock=clock)
+    box = await Outbox.open(
+        tmp_path / "o.sqlite3", OutboxConfig(max_rows=100, when_full="drop_delivered"), clock=clock
+    )
     await box.enqueue([delivery(i) for i in range(100)])
     await box.claim(list(range(1, 51)))
     ok = Decision("delivered", clock.now, 1, 0)
@@ -150,7 +161,9 @@ async def test_prune_removes_old_delivered_history(tmp_path: Path, clock: FakeCl
     box = await Outbox.open(tmp_path / "o.sqlite3", OutboxConfig(keep_delivered=3600), clock=clock)
     await box.enqueue([delivery(1), delivery(2)])
     await box.claim([1])
-    await box.record([AttemptRecord(1, clock.now, 200, 0.01, None, None, b"", Decision("delivered", clock.now, 1, 0))])
+    await box.record(
+        [AttemptRecord(1, clock.now, 200, 0.01, None, None, b"", Decision("delivered", clock.now, 1, 0))]
+    )
     assert await box.prune() == 0
     clock.advance(3601)
     assert await box.prune() == 1
@@ -209,7 +222,9 @@ async def test_a_file_that_is_not_a_database_is_moved_aside(tmp_path: Path, cloc
     await box.enqueue([delivery(1)])
     assert (await box.counts()).pending == 1
     await box.close()
-    aside = [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    aside = [
+        p.name for p in await asyncio.to_thread(lambda: list(tmp_path.iterdir())) if ".corrupt-" in p.name
+    ]
     assert aside == [f"outbox.sqlite3.corrupt-{int(clock.now)}"]
 
 
@@ -231,3 +246,10 @@ async def test_endpoint_disable_state_persists(tmp_path: Path, clock: FakeClock)
     assert await box.enable_endpoint("http://127.0.0.1:1/x")
     assert not await box.enable_endpoint("http://127.0.0.1:1/x")
     await box.close()
+
+
+async def test_claim_skips_rows_cancelled_meanwhile(outbox: Outbox) -> None:
+    await outbox.enqueue([delivery(1), delivery(2)])
+    assert await outbox.cancel(2)
+    assert await outbox.claim([1, 2]) == {1}
+    assert (await outbox.counts()).in_flight == 1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -56,7 +56,9 @@ def test_failure_walks_the_schedule_then_dies() -> None:
     attempts, due = 0, NOW
     times = []
     for _ in range(8):
-        d = decide(CFG, Classified(Outcome.RETRY), attempts=attempts, throttled=0, age_base=NOW, now=due, rand=0.5)
+        d = decide(
+            CFG, Classified(Outcome.RETRY), attempts=attempts, throttled=0, age_base=NOW, now=due, rand=0.5
+        )
         attempts = d.attempts
         if d.state == DEAD:
             break
@@ -83,20 +85,32 @@ def test_next_attempt_is_never_in_the_past_and_attempts_always_grow() -> None:
 
 
 def test_throttled_does_not_burn_attempts_and_honours_retry_after() -> None:
-    d = decide(CFG, Classified(Outcome.THROTTLED, 120.0), attempts=2, throttled=0, age_base=NOW, now=NOW, rand=0.5)
+    d = decide(
+        CFG, Classified(Outcome.THROTTLED, 120.0), attempts=2, throttled=0, age_base=NOW, now=NOW, rand=0.5
+    )
     assert (d.state, d.attempts, d.throttled, d.due_at) == (PENDING, 2, 1, NOW + 120)
     assert d.pause_endpoint_until == NOW + 120
     capped = decide(
         CFG, Classified(Outcome.THROTTLED, 10**9), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0.5
     )
     assert capped.due_at == NOW + CFG.retry_after_max
-    bare = decide(CFG, Classified(Outcome.THROTTLED), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0.5)
+    bare = decide(
+        CFG, Classified(Outcome.THROTTLED), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0.5
+    )
     assert bare.due_at >= NOW + 5
 
 
 def test_max_age_kills_even_throttled() -> None:
     cfg = DeliveryConfig(jitter=0.0, max_age=3600)
-    d = decide(cfg, Classified(Outcome.THROTTLED, 1.0), attempts=0, throttled=50, age_base=NOW, now=NOW + 3600, rand=0)
+    d = decide(
+        cfg,
+        Classified(Outcome.THROTTLED, 1.0),
+        attempts=0,
+        throttled=50,
+        age_base=NOW,
+        now=NOW + 3600,
+        rand=0,
+    )
     assert d.state == DEAD
     d = decide(cfg, Classified(Outcome.RETRY), attempts=1, throttled=0, age_base=NOW, now=NOW + 4000, rand=0)
     assert d.state == DEAD
@@ -108,7 +122,10 @@ def test_gone_holds_the_row_and_disables_the_endpoint() -> None:
 
 
 def test_abort_message_is_dead_and_success_is_delivered() -> None:
-    assert decide(CFG, Classified(Outcome.ABORTED), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0).state == DEAD
+    assert (
+        decide(CFG, Classified(Outcome.ABORTED), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0).state
+        == DEAD
+    )
     ok = decide(CFG, Classified(Outcome.DELIVERED), attempts=3, throttled=0, age_base=NOW, now=NOW, rand=0)
     assert (ok.state, ok.attempts) == (DELIVERED, 4)
 

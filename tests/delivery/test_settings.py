@@ -70,7 +70,9 @@ def test_webhook_with_secret_headers_and_delay() -> None:
     assert s not in repr(ep) and "Bearer abc" not in repr(ep)
 
 
-def test_webhook_secret_from_env_and_file_and_rotation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webhook_secret_from_env_and_file_and_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     old, new = generate_secret(), generate_secret()
     monkeypatch.setenv("HOOK_SECRET_NEW", new)
     (tmp_path / "old.secret").write_text(old + "\n")

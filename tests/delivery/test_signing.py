@@ -101,7 +101,9 @@ def test_generate_secret_shape_and_official_acceptance() -> None:
         generate_secret(16)
 
 
-@pytest.mark.parametrize("bad", ["whsec_", "whsec_!!!notbase64", "whsec_" + base64.b64encode(b"short").decode()])
+@pytest.mark.parametrize(
+    "bad", ["whsec_", "whsec_!!!notbase64", "whsec_" + base64.b64encode(b"short").decode()]
+)
 def test_bad_secrets_are_rejected_without_echoing_them(bad: str) -> None:
     with pytest.raises(ValueError) as info:
         decode_secret(bad)

@@ -12,8 +12,19 @@ from agent.events import Event, MachineRef
 from drivers.base import AlarmNotice, Quality, Reading
 
 MACHINE = MachineRef("mill-01", "CNC Mill 01", "Milling")
-CATEGORIES = Categories.of(["Maintenance Required", "Waiting for Material", "Setup", "Tooling", "No Operator"])
-TAGS = {"execution", "mode", "estop", "alarm_code", "alarm_severity", "alarm_count", "alarm_bits", "part_count"}
+CATEGORIES = Categories.of(
+    ["Maintenance Required", "Waiting for Material", "Setup", "Tooling", "No Operator"]
+)
+TAGS = {
+    "execution",
+    "mode",
+    "estop",
+    "alarm_code",
+    "alarm_severity",
+    "alarm_count",
+    "alarm_bits",
+    "part_count",
+}
 
 BASE = """
 timezone: UTC
@@ -43,7 +54,9 @@ parts: {counter: part_count, max: 9999, max_step: 100}
 """
 
 
-def spec_from(text: str = BASE, tags: Iterable[str] = TAGS, categories: Categories = CATEGORIES) -> DerivationSpec:
+def spec_from(
+    text: str = BASE, tags: Iterable[str] = TAGS, categories: Categories = CATEGORIES
+) -> DerivationSpec:
     problems = Problems()
     data = parse_yaml(text, "machines/mill-01.yaml", problems)
     root = Section(data, file="machines/mill-01.yaml", path="", problems=problems)
@@ -64,7 +77,11 @@ def problems_of(text: str, tags: Iterable[str] = TAGS) -> list[str]:
 def deriver(text: str = BASE, exceeded_after: Iterable[float] = ()) -> MachineDeriver:
     counter = itertools.count()
     return MachineDeriver(
-        spec_from(text), MACHINE, CATEGORIES, tuple(exceeded_after), new_id=lambda ts: f"id{next(counter):06d}"
+        spec_from(text),
+        MACHINE,
+        CATEGORIES,
+        tuple(exceeded_after),
+        new_id=lambda ts: f"id{next(counter):06d}",
     )
 
 

@@ -83,7 +83,10 @@ def test_condition_table(when: str, values: dict[str, Any], expected: bool) -> N
     [({"part_count": 50.0}, 100.0, True), ({"part_count": 30.0}, 100.0, False), ({}, 100.0, False)],
 )
 def test_changed_within_reads_the_clock(changed_at: dict[str, float], now: float, expected: bool) -> None:
-    assert check("{part_count: {changed_within: 60s}}", {"part_count": 7}, now=now, changed_at=changed_at) is expected
+    assert (
+        check("{part_count: {changed_within: 60s}}", {"part_count": 7}, now=now, changed_at=changed_at)
+        is expected
+    )
 
 
 COOLANT = AlarmFact(2040, "Coolant low", 300)

@@ -82,7 +82,10 @@ def test_exceeded_fires_once_per_threshold_from_ticks_alone() -> None:
     for minute in range(0, 120):  # a dead machine: no readings, only the clock
         out += d.tick(NOON + 100 + minute * 60)
     exceeded = [e.payload()["downtime"] for e in out if e.event == DOWNTIME_EXCEEDED]
-    assert [(x["threshold_seconds"], x["duration_seconds"]) for x in exceeded] == [(600.0, 600.0), (1800.0, 1800.0)]
+    assert [(x["threshold_seconds"], x["duration_seconds"]) for x in exceeded] == [
+        (600.0, 600.0),
+        (1800.0, 1800.0),
+    ]
 
 
 def test_exceeded_fires_again_for_the_next_downtime_and_new_thresholds_apply() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from agent.config.source import Problems, Section, parse_yaml
@@ -17,7 +16,7 @@ def test_the_documented_example_parses_into_frozen_data() -> None:
     assert spec.status.min_state == 5.0
     assert spec.status.disconnect_after == 10.0
     assert [r.state for r in spec.status.rules] == ["ALARM", "ALARM", "SETUP", "ACTIVE"]
-    assert [r.path for r in spec.status.rules][0] == "status.rules[0]"
+    assert spec.status.rules[0].path == "status.rules[0]"
     assert spec.status.otherwise == "IDLE"
     assert spec.alarms.code_tag == "alarm_code"
     assert spec.alarms.text_for("1001") == "Spindle overload"
@@ -56,19 +55,34 @@ def test_min_seconds_is_the_issue_s_name_for_micro_stop() -> None:
     ("text", "expected"),
     [
         ("status: {min_state: soon}\n", "machines/mill-01.yaml:1: status.min_state: expected a duration"),
-        ("status:\n  rules:\n    - {when: {spindle: 1}, state: ACTIVE}\n", "status.rules[0].when.spindle: unknown tag"),
+        (
+            "status:\n  rules:\n    - {when: {spindle: 1}, state: ACTIVE}\n",
+            "status.rules[0].when.spindle: unknown tag",
+        ),
         ("status:\n  rules:\n    - {when: {mode: SETUP}, state: setup}\n", "must be an upper-case word"),
         ("status:\n  rules:\n    - {when: {mode: SETUP}, state: DISCONNECTED}\n", "decided by read quality"),
         ("status:\n  rules:\n    - {state: ACTIVE}\n", "status.rules[0].when: required key is missing"),
-        ("status: {rules: [{when: {mode: SETUP}, state: SETUP, colour: red}]}\n", "status.rules[0].colour: unknown key"),
+        (
+            "status: {rules: [{when: {mode: SETUP}, state: SETUP, colour: red}]}\n",
+            "status.rules[0].colour: unknown key",
+        ),
         ("status: {debounce: 5s}\n", "status.debounce: unknown key"),
         ("alarms: {code_tag: alarm_register}\n", "alarms.code_tag: unknown tag 'alarm_register'"),
         ("alarms: {bits: {door_bits: {0: {code: X}}}}\n", "alarms.bits.door_bits: unknown tag"),
         ("alarms: {bits: {alarm_bits: {x: {code: X}}}}\n", "alarms.bits.alarm_bits.x: bit number"),
-        ("alarms: {bits: {alarm_bits: {0: {text: no code}}}}\n", "alarms.bits.alarm_bits.0.code: required key"),
+        (
+            "alarms: {bits: {alarm_bits: {0: {text: no code}}}}\n",
+            "alarms.bits.alarm_bits.0.code: required key",
+        ),
         ("alarms: {bits: {alarm_bits: {0: {code: X, severity: 5000}}}}\n", "severity: must be at most 1000"),
-        ("downtime:\n  categorize:\n    - {when: {state: IDLE}, category: Lunch}\n", "'Lunch' is not a plant downtime category"),
-        ("downtime:\n  categorize:\n    - {when: {shift: 2}, category: Setup}\n", "categorize[0].when.shift: unknown tag"),
+        (
+            "downtime:\n  categorize:\n    - {when: {state: IDLE}, category: Lunch}\n",
+            "'Lunch' is not a plant downtime category",
+        ),
+        (
+            "downtime:\n  categorize:\n    - {when: {shift: 2}, category: Setup}\n",
+            "categorize[0].when.shift: unknown tag",
+        ),
         ("parts: {counter: parts}\n", "parts.counter: unknown tag 'parts'"),
         ("parts: {counter: part_count, max: 0}\n", "parts.max: must be at least 1"),
         ("timezone: Mars/Olympus\n", "timezone: unknown time zone 'Mars/Olympus'"),
@@ -109,6 +123,14 @@ downtime_categories:
     assert cats.names == ("Maintenance Required", "Waiting for Material")
     assert cats.find("waiting FOR material") == Category("Waiting for Material", "WFM", "Logistics")
     texts = [str(p) for p in problems.items]
-    assert any("agent.yaml:5: downtime_categories[2]: category 'maintenance required' is listed twice" in t for t in texts)
+    assert any(
+        "agent.yaml:5: downtime_categories[2]: category 'maintenance required' is listed twice" in t
+        for t in texts
+    )
     assert any("downtime_categories[3].name: required key is missing" in t for t in texts), texts
     assert Categories.of(["A"]).find("B") is None
+
+
+def test_two_parses_of_the_same_file_are_equal_so_a_reload_keeps_the_machine() -> None:
+    assert spec_from() == spec_from()
+    assert spec_from() != spec_from(BASE.replace("{estop: true}", "{estop: false}"))

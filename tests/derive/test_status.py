@@ -99,7 +99,11 @@ def test_unreadable_for_disconnect_after_is_disconnected_since_the_first_failure
     assert d.tick(T0 + 109) == []
     [event] = d.tick(T0 + 110)
     status = event.payload()["status"]
-    assert (status["from"], status["to"], status["previous_duration_seconds"]) == ("IDLE", "DISCONNECTED", 100.0)
+    assert (status["from"], status["to"], status["previous_duration_seconds"]) == (
+        "IDLE",
+        "DISCONNECTED",
+        100.0,
+    )
     assert status["since"] == "2023-11-14T22:15:00Z"
     assert status["reason"] == "cannot read the machine: connection refused"
     # Back: the state it reports again goes through the debounce like any other.

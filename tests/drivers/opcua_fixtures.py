@@ -3,24 +3,56 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from asyncua.crypto import cert_gen
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.config.source import ConfigError, Problems, Section, as_duration, as_str, parse_yaml
 from drivers.base import AlarmNotice, Reading, Sample
 from drivers.opcua.config import OpcuaMachineConfig, parse
 from simulators.model import MachineState
-from simulators.opcua_server import OpcuaSimulator, start_opcua_server
+from simulators.opcua_server import APPLICATION_URI, OpcuaSimulator, start_opcua_server
 
 SESSION_MACHINES = ("lathe-01", "mill-07")
 
 
+@dataclass(frozen=True)
+class Pki:
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
 @pytest.fixture(scope="session")
-async def opcua_sim() -> AsyncIterator[OpcuaSimulator]:
-    """One simulator hosting two machines for every OPC-UA test module that only reads and writes values."""
-    sim = await start_opcua_server([MachineState(name) for name in SESSION_MACHINES])
+async def opcua_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Self-signed application certificates for the simulator and the agent (generated once)."""
+    base = tmp_path_factory.mktemp("pki")
+    pki = Pki(base / "server.der", base / "server.pem", base / "client.der", base / "client.pem")
+    for key, cert, uri, use in (
+        (pki.server_key, pki.server_cert, APPLICATION_URI, ExtendedKeyUsageOID.SERVER_AUTH),
+        (pki.client_key, pki.client_cert, "urn:edge-agent:test-client", ExtendedKeyUsageOID.CLIENT_AUTH),
+    ):
+        await cert_gen.setup_self_signed_certificate(key, cert, uri, socket.gethostname(), [use], {})
+    return pki
+
+
+@pytest.fixture(scope="session")
+async def opcua_sim(opcua_pki: Pki) -> AsyncIterator[OpcuaSimulator]:
+    """One simulator hosting two machines for every OPC-UA test module that only reads and writes values.
+
+    It offers the None policy and Basic256Sha256, so the same server serves the security test.
+    """
+    sim = await start_opcua_server(
+        [MachineState(name) for name in SESSION_MACHINES],
+        certificate=opcua_pki.server_cert,
+        private_key=opcua_pki.server_key,
+    )
     yield sim
     await sim.stop()
 

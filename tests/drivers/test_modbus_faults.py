@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from drivers.base import ConnectionState, DriverError, Quality, Reading
@@ -190,3 +192,28 @@ async def test_connect_failure_is_a_driver_error_naming_the_address() -> None:
     assert reading.quality is Quality.DISCONNECTED
     assert "cannot connect" in (reading.reason or "")
     await driver.close()
+
+
+async def test_a_device_that_hangs_up_at_once_is_retried_on_the_backoff_not_in_a_loop() -> None:
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    now = [0.0]
+    link = Link("127.0.0.1", port, clock=lambda: now[0], jitter=lambda: 0.5)
+    try:
+        await link.connect()  # TCP accepts...
+        await wait_until(lambda: link.state is ConnectionState.DISCONNECTED)  # ...and hangs up
+        with pytest.raises(LinkDown, match=r"next attempt in 0\.5 s"):
+            await link.connect()
+        now[0] += 0.5
+        await link.connect()
+        await wait_until(lambda: link.state is ConnectionState.DISCONNECTED)
+        with pytest.raises(LinkDown, match=r"next attempt in 1\.0 s"):  # still doubling
+            await link.connect()
+        assert link.connects == 2
+    finally:
+        await link.close()
+        server.close()
+        await server.wait_closed()

@@ -204,3 +204,15 @@ def test_convert_applies_scale_offset_then_map() -> None:
     flags = OpcuaTag("b", node, value_map={map_key(True): "PRESSED", map_key(False): "ARMED"})
     assert [flags.convert(True), flags.convert(False)] == ["PRESSED", "ARMED"]
     assert OpcuaTag("p", node, scale=2.0).convert("O1000") == "O1000"  # scale is for numbers only
+
+
+def test_credentials_in_the_url_are_refused_without_echoing_them() -> None:
+    found = errors(
+        """opcua: {url: "opc.tcp://edge:hunter2@127.0.0.1:4840"}
+tags: {a: {node: "ns=2;i=1"}}
+"""
+    )
+    assert len(found) == 1 and found[0].startswith(
+        "machines/test.yaml:1: opcua.url: credentials do not belong"
+    )
+    assert "hunter2" not in found[0]

@@ -7,14 +7,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from drivers.base import ConnectionState, DriverError, Quality
+from drivers.base import ConnectionState, Driver, DriverError, Quality
 from drivers.opcua.driver import OpcuaDriver, code_from_message
 from simulators.model import Alarm, Execution, OperationMode
 from simulators.opcua_server import OpcuaSimulator
 from tests.drivers import opcua_fixtures
 from tests.drivers.opcua_fixtures import Recorder, machine_config
 
-opcua_sim = opcua_fixtures.opcua_sim  # the session simulator fixture, shared with other OPC-UA modules
+opcua_sim = opcua_fixtures.opcua_sim  # session fixtures shared with other OPC-UA modules
+opcua_pki = opcua_fixtures.opcua_pki
 
 NSU = "nsu=urn:edge-agent:simulator;s="
 
@@ -34,8 +35,9 @@ tags:
 
 @pytest.fixture
 async def poller(opcua_sim: OpcuaSimulator) -> AsyncIterator[OpcuaDriver]:
-    driver = OpcuaDriver(machine_config(poll_yaml(opcua_sim.url)))
+    driver: Driver = OpcuaDriver(machine_config(poll_yaml(opcua_sim.url)))  # satisfies the shared protocol
     await driver.connect()
+    assert isinstance(driver, OpcuaDriver)
     yield driver
     await driver.close()
 
@@ -264,3 +266,50 @@ tags: {{a: {{node: "ns=2;i=1"}}}}
         hung.close()
         await hung.wait_closed()
     assert order == ["good read"] * 5 + ["stuck gave up"]
+
+
+@pytest.mark.parametrize("mode", ["Sign", "SignAndEncrypt"])
+async def test_basic256sha256_with_certificates(
+    opcua_sim: OpcuaSimulator, opcua_pki: opcua_fixtures.Pki, mode: str
+) -> None:
+    opcua_sim.machines["mill-07"].program = "O7777"
+    await opcua_sim.publish("mill-07")
+    cfg = machine_config(
+        f"""opcua:
+  url: "{opcua_sim.url}"
+  security: Basic256Sha256
+  security_mode: {mode}
+  certificate_file: {opcua_pki.client_cert}
+  private_key_file: {opcua_pki.client_key}
+tags: {{program: {{node: "{NSU}mill-07.Channel1.ActProgramName"}}}}
+"""
+    )
+    driver = OpcuaDriver(cfg)
+    await driver.connect()
+    try:
+        (reading,) = await driver.read()
+    finally:
+        await driver.close()
+    assert (reading.value, reading.quality) == ("O7777", Quality.GOOD)
+
+
+async def test_a_node_that_is_no_event_notifier_costs_alarms_not_data(opcua_sim: OpcuaSimulator) -> None:
+    cfg = machine_config(
+        f"""opcua:
+  url: "{opcua_sim.url}"
+  mode: subscribe
+  publishing_interval: 20ms
+  alarms: {{notifier: "{NSU}lathe-01.Channel1.ActStatus"}}
+tags: {{program: {{node: "{NSU}lathe-01.Channel1.ActProgramName"}}}}
+"""
+    )
+    driver = OpcuaDriver(cfg)
+    sink = Recorder()
+    await driver.connect()
+    try:
+        assert await driver.subscribe(sink) is True
+        assert driver.event_filter == "none"
+        assert driver.state is ConnectionState.CONNECTED
+        await sink.wait_for(lambda s: (r := s.last("program")) is not None and r.quality is Quality.GOOD)
+    finally:
+        await driver.close()

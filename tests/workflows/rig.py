@@ -24,6 +24,7 @@ from agent.pipeline import Pipeline
 from agent.workflows.spec import Workflow, load_workflows
 from drivers.base import Quality, Reading
 
+OPERATOR_SEED = {"id": "op456", "name": "John Smith"}
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CATEGORIES = Categories.of(
     ["Maintenance Required", "Waiting for Material", "Setup", "Tooling", "No Operator"]
@@ -147,8 +148,8 @@ class Receiver:
         self._arrived.set()
         return web.Response(status=self.status)
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, count: int, limit: float = 10.0) -> list[Received]:
+        async with asyncio.timeout(limit):
             while len(self.got) < count:
                 self._arrived.clear()
                 await self._arrived.wait()

@@ -6,6 +6,7 @@ run on real time, so rows without a delay are due at once and signatures carry a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -14,7 +15,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent.delivery.outbox import Outbox
+from agent.delivery.settings import OutboxConfig
 from agent.derive.errors import UnknownCategory, UnknownDowntime
+from agent.derive.store import DeriveStore
 from agent.events import ALARM_TRIGGERED, MACHINE_STATUS_CHANGED, MachineRef, iso_utc
 from agent.pipeline import (
     NotManual,
@@ -26,7 +30,7 @@ from agent.pipeline import (
     message_id,
 )
 
-from .rig import LATHE, MILL, FakeClock, Receiver, body_of, hook, make_rig, readings, workflows_from
+from .rig import LATHE, MILL, FakeClock, Receiver, body_of, derivers, hook, make_rig, readings, workflows_from
 
 DAY = 86400.0
 OPERATOR = {"id": "op456", "name": "John Smith"}
@@ -240,7 +244,8 @@ async def test_manual_trigger_and_its_refusals(tmp_path: Path, receiver: Receive
             "qa": "name: Quality inspection\nscope: {machines: [mill-01]}\n"
             "trigger: {type: manual, description: Request Quality Inspection}\n"
             + hook(receiver.url("quality")),
-            "off": "name: Off\nenabled: false\ntrigger: {type: manual}\n" + hook(receiver.url("off")),
+            "off": "name: Switched off\nenabled: false\ntrigger: {type: manual}\n"
+            + hook(receiver.url("off")),
             "auto": "name: Auto\ntrigger: {type: alarm_triggered}\n" + hook(receiver.url("auto")),
         },
     )
@@ -254,7 +259,7 @@ async def test_manual_trigger_and_its_refusals(tmp_path: Path, receiver: Receive
         with pytest.raises(UnknownMachine):
             await rig.pipeline.trigger("Quality inspection", "mill-99")
         with pytest.raises(WorkflowDisabled):
-            await rig.pipeline.trigger("Off", "mill-01")
+            await rig.pipeline.trigger("Switched off", "mill-01")
         with pytest.raises(NotManual):
             await rig.pipeline.trigger("Auto", "mill-01")
         with pytest.raises(OutOfScope):
@@ -369,9 +374,6 @@ async def test_delay_is_persisted_as_not_before_across_a_restart(tmp_path: Path)
     finally:
         await rig.close()
     # A new process: the hold is in the file, not in memory.
-    from agent.delivery.outbox import Outbox
-    from agent.delivery.settings import OutboxConfig
-
     reopened = await Outbox.open(tmp_path / "outbox.sqlite3", OutboxConfig())
     try:
         (row,) = (await reopened.list()).items
@@ -407,3 +409,57 @@ async def test_refused_rows_wait_in_memory_and_are_enqueued_later(tmp_path: Path
     assert not held.durable and held_count == 1
     assert rig.pipeline.pending == 0
     assert [r.message_id for r in rows] == list(held.message_ids)
+
+
+async def test_schedule_and_derived_state_survive_a_restart(tmp_path: Path) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {
+            "sync": "name: Sync\nscope: {machines: [mill-01]}\ntrigger: {type: scheduled, cron: '0 23 * * *', "
+            "timezone: Europe/Berlin}\n" + hook("http://127.0.0.1:9/sync"),
+        },
+    )
+    berlin = ZoneInfo("Europe/Berlin")
+    day = datetime.fromtimestamp(time.time() - 5 * DAY, berlin).date()
+    start = datetime(day.year, day.month, day.day, 22, 0, tzinfo=berlin).timestamp()
+    clock = FakeClock(start)
+
+    store = await DeriveStore.open(tmp_path / "state.sqlite3")
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False, store=store)
+    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="ACTIVE", part_count=10))
+    clock.advance(60)
+    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, part_count=14))
+    clock.now = start + 3605
+    (run1,) = await rig.pipeline.tick()
+    clock.advance(60)
+    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, part_count=20))
+    await rig.pipeline.close()
+    await rig.close()
+    await store.close()
+
+    # The agent is down over the next 23:00 and comes back at 23:30: that run happens once, at once.
+    store = await DeriveStore.open(tmp_path / "state.sqlite3")
+    saved = await store.load_all()
+    restored = derivers()
+    for mid, d in restored.items():
+        if mid in saved:
+            d.restore(saved[mid])
+    clock.now = start + DAY + 5400
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False, store=store, machine_derivers=restored)
+    try:
+        assert restored["mill-01"].part_total == 10  # 4 + 6 counted before the restart
+        (run2,) = await rig.pipeline.tick()
+        assert await rig.pipeline.tick() == []
+        page = await rig.outbox.list(workflow="Sync")
+    finally:
+        await rig.close()
+        await store.close()
+    bodies = {r.event_id: r for r in page.items}
+    assert set(bodies) == {run1.event_id, run2.event_id}
+    async with await Outbox.open(tmp_path / "outbox.sqlite3", OutboxConfig()) as box:
+        detail = await box.get(bodies[run2.event_id].id)
+    assert detail is not None
+    body = json.loads(detail.body)
+    assert body["timestamp"] == iso_utc(start + 3600 + DAY)  # the missed schedule time, not the restart time
+    assert body["production"]["since"] == iso_utc(start + 3600)
+    assert body["production"]["machines"] == [{"machine": MILL.as_dict(), "parts": 6}]

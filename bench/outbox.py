@@ -1,0 +1,189 @@
+"""Outbox and dispatcher benchmark: durable enqueue rate, delivery rate, RSS while draining a backlog.
+
+    .venv/bin/python bench/outbox.py [--events 100000] [--deliveries 5000] [--backlog 1000000]
+
+Targets on the 2-core reference machine: enqueue >= 20k events/s (WAL + synchronous=FULL, group
+commit), delivery >= 1,000/s to a receiver in another process, RSS flat and < 150 MB while draining.
+Everything runs on 127.0.0.1 in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import structlog  # noqa: E402
+
+from agent.config.source import Secret  # noqa: E402
+from agent.delivery.dispatcher import Dispatcher  # noqa: E402
+from agent.delivery.outbox import NewDelivery, Outbox  # noqa: E402
+from agent.delivery.settings import DeliveryConfig, EndpointConfig, OutboxConfig  # noqa: E402
+from agent.delivery.signing import generate_secret  # noqa: E402
+
+BODY = (
+    b'{"id":"01HQ3K6X7Z8Y9W0V1U2T3S4R5Q","event":"downtime_started","timestamp":"2024-01-15T14:32:00Z",'
+    b'"machine":{"id":"mill-01","name":"CNC Mill 01","group":"Milling"},'
+    b'"downtime":{"id":"dt-1","started_at":"2024-01-15T14:32:00Z","category":null}}'
+)
+
+RECEIVER = """
+import asyncio, sys
+from agent.receiver import start_receiver
+async def main():
+    await start_receiver(sys.argv[1], port=int(sys.argv[2]), keep=0)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def item(i: int, endpoint: str = "bench#0", url: str = "http://127.0.0.1:9/") -> NewDelivery:
+    return NewDelivery(
+        f"msg_{i:09d}", endpoint, url, "bench", "downtime_started", "mill-01", f"evt_{i}", BODY, 0.0
+    )
+
+
+async def bench_enqueue(tmp: Path, events: int, producers: int) -> float:
+    box = await Outbox.open(tmp / "enqueue.sqlite3", OutboxConfig(max_rows=10_000_000, max_size=2**34))
+    per = events // producers
+
+    async def producer(p: int) -> None:
+        for k in range(per):
+            await box.enqueue([item(p * per + k)])
+
+    t = time.perf_counter()
+    await asyncio.gather(*(producer(p) for p in range(producers)))
+    elapsed = time.perf_counter() - t
+    batches = box.stats.committed_batches
+    await box.close()
+    rate = per * producers / elapsed
+    print(
+        f"enqueue: {per * producers} events from {producers} concurrent producers, one event per call, "
+        f"{elapsed:.2f} s -> {rate:,.0f} events/s durable ({batches} commits, "
+        f"{per * producers / max(batches, 1):.0f} events/commit)"
+    )
+    return rate
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_receiver_process(secret: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, secret, str(port)], env=env)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}/"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("receiver process did not start")
+
+
+async def drain(box: Outbox, disp: Dispatcher, total: int, sample: list[tuple[int, float]] | None) -> float:
+    t = time.perf_counter()
+    await disp.start()
+    next_mark = 0
+    while disp.stats.delivered < total:
+        await asyncio.sleep(0.25)
+        if sample is not None and disp.stats.delivered >= next_mark:
+            sample.append((disp.stats.delivered, rss_mb()))
+            next_mark = disp.stats.delivered + max(total // 20, 1)
+    elapsed = time.perf_counter() - t
+    await disp.stop()
+    return elapsed
+
+
+async def bench_delivery(tmp: Path, url: str, secret: str, n: int, *, fifo: bool, concurrency: int) -> float:
+    box = await Outbox.open(tmp / f"deliver-{fifo}.sqlite3", OutboxConfig())
+    for start in range(0, n, 1000):
+        await box.enqueue([item(i, url=url) for i in range(start, min(n, start + 1000))])
+    ep = EndpointConfig("bench#0", url, (Secret(secret, "bench"),), fifo=fifo, concurrency=concurrency)
+    disp = Dispatcher(box, {"bench#0": ep}, DeliveryConfig())
+    elapsed = await drain(box, disp, n, None)
+    counts = await box.counts()
+    await box.close()
+    assert counts.delivered == n, counts
+    rate = n / elapsed
+    mode = "FIFO (1 in flight)" if fifo else f"unordered, {concurrency} in flight"
+    print(f"deliver: {n} signed webhooks to a receiver process, {mode}: {elapsed:.2f} s -> {rate:,.0f}/s")
+    return rate
+
+
+async def bench_backlog(tmp: Path, url: str, secret: str, n: int) -> float:
+    box = await Outbox.open(tmp / "backlog.sqlite3", OutboxConfig(max_rows=10_000_000, max_size=2**34))
+    t = time.perf_counter()
+    for start in range(0, n, 2000):
+        await box.enqueue([item(i, url=url) for i in range(start, min(n, start + 2000))])
+    fill = time.perf_counter() - t
+    size = (await box.counts()).bytes
+    print(f"backlog: {n} deliveries written in {fill:.1f} s ({size / 2**20:.0f} MiB on disk); draining...")
+    ep = EndpointConfig("bench#0", url, (Secret(secret, "bench"),), fifo=False, concurrency=16)
+    disp = Dispatcher(box, {"bench#0": ep}, DeliveryConfig())
+    samples: list[tuple[int, float]] = [(0, rss_mb())]
+    elapsed = await drain(box, disp, n, samples)
+    samples.append((n, rss_mb()))
+    await box.close()
+    peak = max(r for _, r in samples)
+    trail = "  ".join(f"{d // 1000}k:{r:.0f}" for d, r in samples[:: max(1, len(samples) // 10)])
+    print(
+        f"backlog: drained {n} in {elapsed:.0f} s ({n / elapsed:,.0f}/s); RSS MB by delivered count: {trail}"
+    )
+    print(f"backlog: RSS start {samples[0][1]:.0f} MB, peak {peak:.0f} MB, end {samples[-1][1]:.0f} MB")
+    return peak
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=100_000, help="events for the enqueue test")
+    parser.add_argument("--producers", type=int, default=500, help="concurrent enqueue callers")
+    parser.add_argument("--deliveries", type=int, default=5_000, help="webhooks for the delivery test")
+    parser.add_argument("--backlog", type=int, default=1_000_000, help="backlog to drain for the RSS test")
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    secret = generate_secret()
+    with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as d:
+        tmp = Path(d)
+        enq = await bench_enqueue(tmp, args.events, args.producers)
+        proc, url = start_receiver_process(secret)
+        try:
+            await bench_delivery(tmp, url, secret, max(args.deliveries // 5, 100), fifo=True, concurrency=1)
+            rate = await bench_delivery(tmp, url, secret, args.deliveries, fifo=False, concurrency=16)
+            peak = await bench_backlog(tmp, url, secret, args.backlog) if args.backlog else 0.0
+        finally:
+            proc.terminate()
+            proc.wait()
+    print(
+        f"summary: enqueue {enq:,.0f} events/s (target >= 20,000); delivery {rate:,.0f}/s (target >= 1,000); "
+        f"backlog RSS peak {peak:.0f} MB (target < 150, flat)"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
