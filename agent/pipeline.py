@@ -277,15 +277,22 @@ class Pipeline:
     # -- the flow
 
     async def on_samples(self, machine_id: str, samples: Sequence[Any]) -> list[Execution]:
+        events = self.derive(machine_id, samples)
+        return await self.fire(events) if events else []
+
+    def derive(self, machine_id: str, samples: Sequence[Any]) -> list[Event]:
+        """The synchronous half of ``on_samples``: a collector's sink calls it for every poll, and only
+        the rare poll that yields events pays for a task that fires them."""
         deriver = self.derivers.get(machine_id)
         if deriver is None:
             log.warning("samples_for_unknown_machine", machine_id=machine_id, count=len(samples))
             return []
-        now = self._clock()
-        events = deriver.ingest(samples, now)
+        events = deriver.ingest(samples, self._clock())
         self._dirty.add(machine_id)
-        if not events:
-            return []
+        return events
+
+    async def fire(self, events: Sequence[Event]) -> list[Execution]:
+        now = self._clock()
         executions = await self._fire(events, now)
         if executions:
             await self._save_after_firing(now)

@@ -160,7 +160,9 @@ class Runtime:
             await self.outbox.close()
         log.info("agent_stopped")
 
-    async def _derivers(self, machines: Sequence[MachineConfig], *, after_restart: bool = True) -> dict[str, Any]:
+    async def _derivers(
+        self, machines: Sequence[MachineConfig], *, after_restart: bool = True
+    ) -> dict[str, Any]:
         from agent.derive.machine import MachineDeriver
 
         saved = await self.store.load_all()
@@ -206,7 +208,9 @@ class Runtime:
                 metrics.count_readings(machine_id, good, "good")
             if len(samples) - good:
                 metrics.count_readings(machine_id, len(samples) - good, "bad")
-            self._spawn(self.pipeline.on_samples(machine_id, samples))
+            events = self.pipeline.derive(machine_id, samples)
+            if events:
+                self._spawn(self.pipeline.fire(events))
 
         return sink
 
@@ -268,7 +272,9 @@ class Runtime:
             )
 
     def status_line(self) -> str:
-        statuses = Counter(str(d.status) for d in self.pipeline.derivers.values()) if self.pipeline else Counter()
+        statuses = (
+            Counter(str(d.status) for d in self.pipeline.derivers.values()) if self.pipeline else Counter()
+        )
         machines = " ".join(f"{k}={v}" for k, v in sorted(statuses.items())) or "no machines"
         c = self._outbox_counts
         outbox = f"outbox pending={c.pending} dead={c.dead}" if c is not None else "outbox ?"
@@ -295,7 +301,9 @@ class Runtime:
 
         api = self.config.agent.api
         if not api.enabled:
-            log.warning("api_disabled", detail="no api: section; manual triggers, /metrics and /readyz are off")
+            log.warning(
+                "api_disabled", detail="no api: section; manual triggers, /metrics and /readyz are off"
+            )
             return
         app = create_app(self.pipeline, self.outbox, api)
         app.router.add_get("/metrics", self._metrics_handler)
@@ -343,7 +351,9 @@ class Runtime:
             self.last_reload = {"ok": False, "errors": errors, "at": self.clock()}
             return self.last_reload
         if new.agent.state_dir != self.config.agent.state_dir or new.agent.api != self.config.agent.api:
-            log.warning("reload_needs_restart", detail="state_dir and api changes take effect after a restart")
+            log.warning(
+                "reload_needs_restart", detail="state_dir and api changes take effect after a restart"
+            )
         old = {m.id: m for m in self.config.machines}
         fresh = {m.id: m for m in new.machines}
         removed = [mid for mid in old if mid not in fresh]

@@ -103,13 +103,13 @@ async def wait_port(port: int, within: float) -> bool:
     return False
 
 
-async def _stop(proc: asyncio.subprocess.Process, name: str, timeout: float = 15.0) -> int | None:
+async def _stop(proc: asyncio.subprocess.Process, name: str, grace: float = 15.0) -> int | None:
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
+            await asyncio.wait_for(proc.wait(), grace)
         except TimeoutError:
-            print(f"demo: {name} did not stop in {timeout:.0f}s; killing it", file=sys.stderr)
+            print(f"demo: {name} did not stop in {grace:.0f}s; killing it", file=sys.stderr)
             proc.kill()
             await proc.wait()
     return proc.returncode
@@ -117,7 +117,7 @@ async def _stop(proc: asyncio.subprocess.Process, name: str, timeout: float = 15
 
 async def demo(args: argparse.Namespace) -> int:
     from agent.delivery.signing import generate_secret
-    from agent.receiver import render, start_receiver
+    from agent.receiver import start_receiver
 
     config_dir: Path = args.config_dir
     if not (config_dir / "agent.yaml").is_file():
@@ -180,7 +180,10 @@ async def demo(args: argparse.Namespace) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
             if agent.returncode is not None:
-                print(f"demo: the agent exited with {agent.returncode}; see {root / 'agent.log'}", file=sys.stderr)
+                print(
+                    f"demo: the agent exited with {agent.returncode}; see {root / 'agent.log'}",
+                    file=sys.stderr,
+                )
                 rc = 1
                 break
             elapsed = time.monotonic() - started
@@ -221,7 +224,11 @@ async def _manual_trigger(api_port: int, token: str) -> None:
     import aiohttp
 
     url = f"http://127.0.0.1:{api_port}/api/v1/workflows/Quality inspection/trigger"
-    body = {"machine": "mill-01", "operator": {"id": "op456", "name": "John Smith"}, "note": "Burr on part edge"}
+    body = {
+        "machine": "mill-01",
+        "operator": {"id": "op456", "name": "John Smith"},
+        "note": "Burr on part edge",
+    }
     try:
         async with (
             aiohttp.ClientSession() as session,

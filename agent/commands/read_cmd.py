@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("machine", help="machine id")
     p.add_argument("--watch", action="store_true", help="keep reading at the machine's poll interval")
     p.add_argument("--count", type=int, default=0, help="with --watch: stop after N reads (0 = until Ctrl-C)")
-    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the first connect")
+    p.add_argument(
+        "--connect-timeout", type=float, default=10.0, help="seconds to wait for the first connect"
+    )
     add_config_arg(p)
     p.set_defaults(handler=run)
 

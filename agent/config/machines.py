@@ -22,10 +22,9 @@ from agent.config.source import (
 from agent.events import MachineRef
 
 if TYPE_CHECKING:
+    from agent.derive.spec import Categories, DerivationSpec
     from drivers.modbus.config import ModbusMachineConfig
     from drivers.opcua.config import OpcuaMachineConfig
-
-    from agent.derive.spec import Categories, DerivationSpec
 
 PROTOCOLS = ("modbus", "opcua")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -529,14 +529,20 @@ class Outbox:
                 for sql, params in grouped.items():
                     await self._w.executemany(sql, params)
             await self._w.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # the writer must survive anything a batch can raise
             with contextlib.suppress(sqlite3.Error):
                 await self._w.execute("ROLLBACK")
             self.stats.write_errors += 1
-            if not self.stats.unavailable:
-                log.error("outbox.write_failed", path=str(self.path), error=str(exc), ops=len(batch))
-            self.stats.unavailable = True
-            err = OutboxUnavailable(f"outbox {self.path} cannot be written: {exc}")
+            err: OutboxError
+            if isinstance(exc, sqlite3.Error):
+                if not self.stats.unavailable:
+                    log.error("outbox.write_failed", path=str(self.path), error=str(exc), ops=len(batch))
+                self.stats.unavailable = True
+                err = OutboxUnavailable(f"outbox {self.path} cannot be written: {exc}")
+            else:
+                log.error("outbox.write_rejected", path=str(self.path), error=repr(exc), ops=len(batch))
+                # Other callers share this transaction: for them it is a transient failure.
+                err = OutboxUnavailable(f"outbox {self.path} write failed: {type(exc).__name__}: {exc}")
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(err)
@@ -563,6 +569,15 @@ class Outbox:
         for d in items:
             if not isinstance(d.body, bytes):
                 raise TypeError(f"delivery {d.message_id}: body must be bytes")
+            for name in ("message_id", "endpoint", "url", "workflow", "event_type", "event_id"):
+                if not isinstance(getattr(d, name), str):
+                    raise TypeError(f"delivery {d.message_id!r}: {name} must be a string")
+            if not isinstance(d.not_before, int | float) or (
+                d.machine_id is not None and not isinstance(d.machine_id, str)
+            ):
+                raise TypeError(
+                    f"delivery {d.message_id!r}: not_before must be a number, machine_id str|None"
+                )
             if "." in d.message_id or not d.message_id:
                 raise ValueError(f"delivery message_id {d.message_id!r} must be non-empty without '.'")
             size += len(d.body) + ROW_OVERHEAD
