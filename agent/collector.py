@@ -116,7 +116,9 @@ class Collector:
         try:
             while True:
                 await self._connect()
-                if self._subscribe and await self._try_subscribe():
+                # Always offer the sink: a polled OPC-UA machine still gets its alarm events pushed.
+                pushed = await self._try_subscribe()
+                if self._subscribe and pushed:
                     await self._watch()
                 else:
                     await self._poll()

@@ -127,26 +127,48 @@ def collect_config(path: Path, state_dir: Path | None = None) -> tuple[Config | 
     if agent is None:
         return None, problems
     root = path.parent
-    machines = load_machines(
-        agent.machines_dir, problems, display_root=root.parent, categories=agent.categories
-    )
+    top, inline = extra
+    machine_ids: set[str] | None = None
+    groups: set[str] | None = None
+    if agent.machines_dir.is_dir():
+        machines = load_machines(
+            agent.machines_dir, problems, display_root=root.parent, categories=agent.categories
+        )
+        machine_ids = {m.id for m in machines}
+        groups = {m.group for m in machines if m.group}
+    else:
+        # Named at the agent.yaml key that chose the folder. Workflow scopes are then not checked
+        # against machines: every one of them would be reported as unknown, burying the real error.
+        machines = []
+        _missing_dir(top, "machines_dir", agent.machines_dir, problems)
+    agent_data = top.data.get("agent")
+    named = isinstance(agent_data, dict) and "workflows_dir" in agent_data
+    # Only a folder the user named: without the key, workflows may all be inline.
+    if named and agent.workflows_dir is not None and not agent.workflows_dir.is_dir():
+        _missing_dir(top, "workflows_dir", agent.workflows_dir, problems)
 
     from agent.workflows.spec import load_workflows
 
-    top, inline = extra
     workflows = load_workflows(
         agent.workflows_dir,
         inline=top.sections("workflows") if inline is not None else [],
         delivery=agent.delivery,
         problems=problems,
         display_root=root.parent,
-        machine_ids={m.id for m in machines},
-        groups={m.group for m in machines if m.group},
+        machine_ids=machine_ids,
+        groups=groups,
         categories=agent.categories,
     )
     if problems:
         return None, problems
     return Config(agent=agent, machines=tuple(machines), workflows=tuple(workflows)), problems
+
+
+def _missing_dir(top: Section, key: str, folder: Path, problems: Problems) -> None:
+    agent_data = top.data.get("agent")
+    line = getattr(agent_data, "key_lines", {}).get(key, getattr(agent_data, "line", None))
+    what = key.removesuffix("_dir")
+    problems.add(top.file, line, f"agent.{key}", f"{what} directory not found: {folder}")
 
 
 def load_config(path: Path, state_dir: Path | None = None) -> Config:

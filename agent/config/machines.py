@@ -109,6 +109,8 @@ def parse_machine(
         names = profile_names()
         if profile not in names:
             top.error("profile", f"unknown profile {profile!r}; expected one of {', '.join(names)}")
+            # Without its profile the file lacks tags and rules: more errors would only be echoes.
+            return None
         else:
             merged = _merge(_relabel(_load_profile(profile, problems), top.line_of("profile")), data)
             top = Section(merged, file=file, path="", problems=problems, base_dir=base_dir)
