@@ -22,7 +22,7 @@ from aiohttp import web
 
 from agent.config.agent_file import Config, collect_config
 from agent.config.machines import MachineConfig
-from agent.delivery.settings import OUTBOX_FILE
+from agent.delivery.settings import OUTBOX_FILE, EndpointConfig
 from agent.metrics import Metrics
 from agent.notify import Notifier
 from agent.supervisor import Supervisor
@@ -32,6 +32,8 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE = "state.sqlite3"
 TICK_SECONDS = 1.0
+# counts() scans the outbox table (0.1-0.2 s at a million rows, off the loop): not every tick.
+OUTBOX_COUNTS_SECONDS = 10.0
 
 
 def build_driver(machine: MachineConfig) -> Driver:
@@ -94,6 +96,7 @@ class Runtime:
         self.api_url: str | None = None
         self._outbox_counts: Any = None
         self._disk_error: str | None = None
+        self._counts_at = 0.0
 
     # ---- start / stop
 
@@ -109,7 +112,9 @@ class Runtime:
         self.outbox = await Outbox.open(state_dir / OUTBOX_FILE, cfg.agent.outbox)
         self.store = await DeriveStore.open(state_dir / STATE_FILE)
         derivers = await self._derivers(cfg.machines)
-        self.dispatcher = Dispatcher(self.outbox, endpoints_of(cfg), cfg.agent.delivery)
+        self.dispatcher = Dispatcher(
+            self.outbox, endpoints_of(cfg), cfg.agent.delivery, on_result=self.metrics.observe_delivery
+        )
         self.pipeline = Pipeline(
             {m.id: m.ref for m in cfg.machines},
             derivers,
@@ -245,7 +250,9 @@ class Runtime:
                 executions = []
             for ex in executions:
                 self.metrics.count_workflow(ex.workflow, "queued" if ex.durable else "waiting")
-            await self._refresh_outbox_counts()
+            if loop.time() - self._counts_at >= OUTBOX_COUNTS_SECONDS:
+                self._counts_at = loop.time()
+                await self._refresh_outbox_counts()
             self._update_metrics()
             self.notifier.status(self.status_line())
 
@@ -268,7 +275,10 @@ class Runtime:
         c = self._outbox_counts
         if c is not None:
             self.metrics.set_outbox(
-                pending=c.pending, in_flight=c.in_flight, dead=c.dead, oldest_pending_age=c.oldest_pending_age
+                pending=c.pending,
+                in_flight=c.in_flight,
+                dead=c.dead,
+                oldest_pending_age=c.oldest_pending_age or 0.0,  # None when nothing is pending
             )
 
     def status_line(self) -> str:
@@ -284,10 +294,12 @@ class Runtime:
         reasons: list[str] = []
         if self._disk_error:
             reasons.append(f"outbox unavailable: {self._disk_error}")
+        if self.outbox is not None and self.outbox.stats.unavailable:
+            reasons.append("outbox cannot be written (disk full or I/O error); new deliveries wait in memory")
         if self.pipeline is not None and self.pipeline.pending:
             reasons.append(f"{self.pipeline.pending} deliveries waiting in memory: the outbox refuses writes")
         c = self._outbox_counts
-        if c is not None and c.pending and c.oldest_pending_age > 600:
+        if c is not None and c.pending and (c.oldest_pending_age or 0.0) > 600:
             reasons.append(f"outbox not draining: oldest pending delivery is {c.oldest_pending_age:.0f}s old")
         statuses = [str(d.status) for d in self.pipeline.derivers.values()] if self.pipeline else []
         if statuses and all(s == "DISCONNECTED" for s in statuses):
@@ -402,10 +414,6 @@ class Runtime:
         return 0
 
 
-def endpoints_of(config: Config) -> Mapping[str, Any]:
+def endpoints_of(config: Config) -> Mapping[str, EndpointConfig]:
     """Endpoint key ``<workflow>#<action index>`` → its webhook settings, for the dispatcher."""
-    out: dict[str, Any] = {}
-    for wf in config.workflows:
-        for i, action in enumerate(wf.actions):
-            out[f"{wf.name}#{i}"] = getattr(action, "endpoint", action)
-    return out
+    return {ep.key: ep for wf in config.workflows for ep in wf.endpoints}

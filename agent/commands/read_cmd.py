@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from agent import logs
 from agent.commands.common import add_config_arg, load_config_or_exit
 from drivers.base import Reading
 
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         known = ", ".join(m.id for m in config.machines) or "none"
         print(f"unknown machine {args.machine!r}; configured: {known}", file=sys.stderr)
         return 2
+    # stdout is the table; the drivers' own reports would interleave with it (and pymodbus' stdlib
+    # chatter with stderr): failures are printed below in words, and per tag as quality and reason.
+    logs.configure("error", "console", stream=sys.stderr)
     return asyncio.run(_read(machine, args))
 
 

@@ -34,7 +34,7 @@ from agent.delivery.settings import OutboxConfig
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESPONSE_KEEP = 1024
 # Rough per-row cost beyond the body (columns, index entries), for the size check before a write.
 ROW_OVERHEAD = 256
@@ -83,6 +83,12 @@ _MIGRATIONS: tuple[str, ...] = (
         disabled_at REAL NOT NULL,
         reason TEXT NOT NULL
     );
+    """,
+    # v2: a message is accepted once. The pipeline's message ids are deterministic, so a run that is
+    # enqueued again after a crash (before its bookkeeping was saved) collapses into the first row.
+    """
+    DELETE FROM deliveries WHERE id NOT IN (SELECT MIN(id) FROM deliveries GROUP BY message_id);
+    CREATE UNIQUE INDEX deliveries_message ON deliveries(message_id);
     """,
 )
 
@@ -258,7 +264,7 @@ _SUMMARY_COLS = (
     "created_at, due_at, updated_at, last_status, last_error, length(body)"
 )
 _INSERT = (
-    "INSERT INTO deliveries (message_id, endpoint, url, workflow, event_type, machine_id, event_id, body, "
+    "INSERT OR IGNORE INTO deliveries (message_id, endpoint, url, workflow, event_type, machine_id, event_id, body, "
     "checksum, created_at, age_base, due_at, state, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,'pending',?)"
 )
 _RECORD = (

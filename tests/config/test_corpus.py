@@ -141,7 +141,12 @@ def test_shipped_config_passes_check_config(tmp_path: Path, capsys: pytest.Captu
     assert code == 0, out
     assert out.splitlines()[0] == f"{folder / 'agent.yaml'}: ok"
     assert "mill-01" in out and "lathe-02" in out
-    for name in ("Maintenance alert", "Supervisor notification", "Daily production sync", "Quality inspection"):
+    for name in (
+        "Maintenance alert",
+        "Supervisor notification",
+        "Daily production sync",
+        "Quality inspection",
+    ):
         assert name in out
     assert WEBHOOK_SECRET not in out and TOKEN not in out
 

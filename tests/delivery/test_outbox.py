@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.delivery.outbox import AttemptRecord, Outbox, OutboxFull, OutboxUnavailable
+from agent.delivery.outbox import SCHEMA_VERSION, AttemptRecord, Outbox, OutboxFull, OutboxUnavailable
 from agent.delivery.retry import Decision
 from agent.delivery.settings import OutboxConfig
 
@@ -21,7 +21,7 @@ def raw(path: Path) -> sqlite3.Connection:
 
 async def test_schema_is_versioned_wal_and_full_sync(outbox: Outbox) -> None:
     with raw(outbox.path) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     rows = await outbox._w.execute_fetchall("PRAGMA synchronous")
     assert next(iter(rows))[0] == 2  # FULL
@@ -32,6 +32,39 @@ async def test_enqueue_returns_when_rows_are_visible_to_another_connection(outbo
     with raw(outbox.path) as c:
         got = c.execute("SELECT message_id, state, body FROM deliveries ORDER BY id").fetchall()
     assert got == [("msg_000001", "pending", b'{"seq": 1}'), ("msg_000002", "pending", b'{"seq": 2}')]
+
+
+async def test_a_message_id_is_accepted_once(outbox: Outbox) -> None:
+    # A scheduled run re-enqueued after a crash carries the same deterministic id: one row, one send.
+    await outbox.enqueue([delivery(1)])
+    await outbox.enqueue([delivery(1), delivery(2)])
+    with raw(outbox.path) as c:
+        got = c.execute("SELECT message_id FROM deliveries ORDER BY id").fetchall()
+    assert got == [("msg_000001",), ("msg_000002",)]
+
+
+async def test_version_1_outbox_is_migrated_keeping_the_first_of_duplicate_messages(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    from agent.delivery import outbox as outbox_module
+
+    path = tmp_path / "v1.sqlite3"
+    with raw(path) as c:
+        c.executescript(outbox_module._MIGRATIONS[0])
+        c.execute("PRAGMA user_version = 1")
+        for body in (b"first", b"second"):
+            c.execute(
+                "INSERT INTO deliveries (message_id, endpoint, url, workflow, event_type, event_id, body,"
+                " checksum, created_at, age_base, due_at, state, updated_at)"
+                " VALUES ('msg_dup', 'wf#0', 'http://127.0.0.1:1/', 'wf', 'scheduled', 'e1', ?, ?, 0, 0, 0,"
+                " 'pending', 0)",
+                (body, outbox_module.checksum(body)),
+            )
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    await box.close()
+    with raw(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert c.execute("SELECT body FROM deliveries").fetchall() == [(b"first",)]
 
 
 async def test_concurrent_enqueues_share_transactions(outbox: Outbox) -> None:
