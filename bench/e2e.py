@@ -255,7 +255,6 @@ async def run_latency(mode: str, n: int, rounds: int) -> Result:
         loop = asyncio.get_running_loop()
         changes: list[tuple[str, str, float]] = []  # machine, expected status, wall time of the change
         rng = random.Random(n)
-        baseline = len(receiver.received)
         start = loop.time()
         schedule: list[tuple[float, int, Execution]] = []
         for r in range(rounds):
@@ -270,10 +269,17 @@ async def run_latency(mode: str, n: int, rounds: int) -> Result:
             states[i].execution = target
             changes.append((states[i].name, "ACTIVE" if target is Execution.ACTIVE else "IDLE", time.time()))
             await show(i)
-        # Deliveries of the start-up statuses came before the rounds: count only what follows.
-        with contextlib.suppress(TimeoutError):
-            await receiver.wait_for(baseline + len(changes), within=60)
-        result.latencies, result.missing = match(changes, receiver)
+        # Start-up status deliveries may still be arriving, so counts alone do not say "done": wait
+        # until every change is matched, or nothing new came for 10 s (bounded at 2 min).
+        async with asyncio.timeout(120):
+            while True:
+                result.latencies, result.missing = match(changes, receiver)
+                if not result.missing:
+                    break
+                try:
+                    await receiver.wait_for(len(receiver.received) + 1, within=10)
+                except TimeoutError:
+                    break
         result.invalid = sum(1 for r in receiver.received if not r.valid)
     finally:
         if agent is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -86,6 +87,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     sps = sp.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
     p = sps.add_parser("generate", help="print a new whsec_ secret (Standard Webhooks)")
     p.add_argument("--bytes", type=int, default=32, help="random bytes, 24..64 (default 32)")
+    p.add_argument(
+        "--out", type=Path, help="write it to this file (created with mode 0600, never overwritten)"
+    )
     p.set_defaults(handler=_h_secret_generate)
 
 
@@ -401,4 +405,28 @@ def _h_endpoint_enable(args: argparse.Namespace) -> int:
 
 
 def _h_secret_generate(args: argparse.Namespace) -> int:
-    return secret_generate(args.bytes)
+    if args.out is None:
+        return secret_generate(args.bytes)
+    return secret_write(args.out, args.bytes)
+
+
+def secret_write(path: Path, nbytes: int = 32) -> int:
+    """A new secret in a file only its owner can read; an existing file is never replaced."""
+    try:
+        secret = generate_secret(nbytes)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"{path} exists; not overwritten (delete it first to rotate)", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    print(f"wrote a new secret to {path}")
+    return 0

@@ -166,6 +166,11 @@ class Dispatcher:
                 self.stats.db_errors += 1
                 log.error("delivery.outbox_error", error=str(exc))
                 wake_at = self.clock() + DB_RETRY_DELAY
+            except Exception as exc:
+                # A bug must not end delivery for good: report it and try again after a pause.
+                self.stats.db_errors += 1
+                log.error("delivery.pass_failed", error=repr(exc), exc_info=True)
+                wake_at = self.clock() + DB_RETRY_DELAY
             if self._stopping:
                 break
             delay = None if wake_at is None else wake_at - self.clock()

@@ -50,11 +50,9 @@ downtime_categories: [{categories}]
 """
 
 
-def modbus_machine(
-    machine_id: str, name: str, group: str, port: int, unit: int, *, extra: str = "", prefix: str = ""
-) -> str:
-    """A machine on the Modbus simulator through the ``modbus-sim`` profile, tuned for tests: every
-    state is reported at once (min_state 0s) and a stop becomes downtime after 1 s (of the fake clock)."""
+def modbus_machine(machine_id: str, name: str, group: str, port: int, unit: int, *, extra: str = "") -> str:
+    """A machine on the Modbus simulator through the ``modbus-sim`` profile, polled every 50 ms and
+    reporting every state at once (min_state 0s); ``extra`` adds sections (downtime rules...)."""
     return f"""\
 id: {machine_id}
 name: {name}
@@ -140,8 +138,10 @@ class Agent:
         d = self.deriver(machine_id)
         await self.wait_until(lambda: str(d.status) == status, f"{machine_id} to be {status}", limit)
 
-    async def api(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> tuple[int, Any]:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
+    async def api(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, token: str | None = TOKEN
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         async with (
             aiohttp.ClientSession() as session,
             session.request(method, self.api_url + path, json=body, headers=headers) as resp,
@@ -200,27 +200,23 @@ async def start_agent(
 
 
 def watch(runtime: Runtime) -> Changes:
-    """Poke after every ``on_samples`` and ``tick`` of the running pipeline (the runtime looks both up
-    on the pipeline at each call, so wrapping the bound methods sees every one)."""
+    """Poke after every ``ingest`` and ``tick`` of each machine's deriver (their documented contract),
+    whoever in the runtime calls them; the wrapped methods behave exactly as before."""
     changes = Changes()
-    pipeline = runtime.pipeline
-    on_samples, tick = pipeline.on_samples, pipeline.tick
-
-    async def watched_on_samples(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await on_samples(*args, **kwargs)
-        finally:
-            changes.poke()
-
-    async def watched_tick(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await tick(*args, **kwargs)
-        finally:
-            changes.poke()
-
-    pipeline.on_samples = watched_on_samples
-    pipeline.tick = watched_tick
+    for deriver in runtime.pipeline.derivers.values():
+        for name in ("ingest", "tick"):
+            setattr(deriver, name, _poking(getattr(deriver, name), changes))
     return changes
+
+
+def _poking(method: Callable[..., Any], changes: Changes) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        finally:
+            changes.poke()
+
+    return call
 
 
 @pytest.fixture

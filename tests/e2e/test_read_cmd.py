@@ -30,6 +30,7 @@ name: CNC Mill 01
 group: Milling
 profile: modbus-sim
 modbus: {{host: 127.0.0.1, port: {port}, unit: {unit}, timeout: 500ms}}
+poll_interval: 100ms
 tags:
   spindle_rpm_cdab: {{table: holding, address: 6, type: float32, byte_order: CDAB}}
 """
@@ -101,6 +102,19 @@ async def test_read_prints_decoded_values_with_quality(
     assert rows["axis_temperature"] == ("-12.3", "good")  # INT16 -123, scale 0.1
     assert rows["part_count"] == ("4000000000", "good")  # UINT32 above the INT32 range
     assert rows["estop"] == ("False", "good")
+
+
+async def test_read_watch_prints_one_table_per_poll(
+    tmp_path: Path, modbus_sim: ModbusSimulator, machines: dict[str, MachineState]
+) -> None:
+    machines["mill-01"].program = "O9000"
+    modbus_sim.publish(1)
+    config = write_config(tmp_path / "config", {"mill-01": machine_file(modbus_sim.port)})
+    code, out, err = await edge_agent("read", "mill-01", "--watch", "--count", "3", "-c", str(config))
+    assert code == 0, err
+    headers = [line for line in out.splitlines() if line.startswith("mill-01  ")]
+    assert len(headers) == 3
+    assert out.count("'O9000'") == 3
 
 
 async def test_read_a_hung_device_shows_bad_quality_with_the_reason(

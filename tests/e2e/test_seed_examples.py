@@ -133,6 +133,10 @@ async def test_maintenance_alert_from_an_operator_through_the_api(
         assert open_dt["category"] is None  # no rule applies to a plain stop
 
         clock.now = left_active + 1800
+        choice = {"category": "Maintenance Required"}
+        url = f"/api/v1/downtimes/{open_dt['id']}/category"
+        assert (await agent.api("POST", url, choice, token=None))[0] == 401
+        assert (await agent.api("POST", url, choice, token=TOKEN[:-1] + "x"))[0] == 401
         status, answer = await agent.api(
             "POST",
             f"/api/v1/downtimes/{open_dt['id']}/category",
