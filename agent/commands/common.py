@@ -55,8 +55,10 @@ def load_agent_config_or_exit(args: argparse.Namespace) -> AgentConfig:
         raise ConfigExit(EXIT_CONFIG) from None
 
 
-def load_config_or_exit(args: argparse.Namespace) -> Config:
-    config, problems = collect_config(config_path(args), getattr(args, "state_dir", None))
+def load_config_or_exit(args: argparse.Namespace, *, with_workflows: bool = True) -> Config:
+    config, problems = collect_config(
+        config_path(args), getattr(args, "state_dir", None), with_workflows=with_workflows
+    )
     if config is None:
         _report([str(p) for p in problems.items])
         raise ConfigExit(EXIT_CONFIG)

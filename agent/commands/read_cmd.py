@@ -41,7 +41,7 @@ def render(machine_id: str, readings: list[Reading]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config_or_exit(args)
+    config = load_config_or_exit(args, with_workflows=False)
     machine = config.machine(args.machine)
     if machine is None:
         known = ", ".join(m.id for m in config.machines) or "none"

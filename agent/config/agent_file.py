@@ -120,8 +120,14 @@ def load_agent_config(path: Path, state_dir: Path | None = None) -> AgentConfig:
     return cfg
 
 
-def collect_config(path: Path, state_dir: Path | None = None) -> tuple[Config | None, Problems]:
-    """Load everything; all problems of all files are returned together."""
+def collect_config(
+    path: Path, state_dir: Path | None = None, *, with_workflows: bool = True
+) -> tuple[Config | None, Problems]:
+    """Load everything; all problems of all files are returned together.
+
+    ``with_workflows=False`` is for commands that only talk to machines (``read``): they must work
+    before the webhook secrets are in place.
+    """
     problems = Problems()
     agent, extra = _read_agent(path, problems, state_dir)
     if agent is None:
@@ -132,7 +138,11 @@ def collect_config(path: Path, state_dir: Path | None = None) -> tuple[Config | 
     groups: set[str] | None = None
     if agent.machines_dir.is_dir():
         machines = load_machines(
-            agent.machines_dir, problems, display_root=root.parent, categories=agent.categories
+            agent.machines_dir,
+            problems,
+            display_root=root.parent,
+            categories=agent.categories,
+            base_dir=root,
         )
         machine_ids = {m.id for m in machines}
         groups = {m.group for m in machines if m.group}
@@ -147,6 +157,9 @@ def collect_config(path: Path, state_dir: Path | None = None) -> tuple[Config | 
     if named and agent.workflows_dir is not None and not agent.workflows_dir.is_dir():
         _missing_dir(top, "workflows_dir", agent.workflows_dir, problems)
 
+    if not with_workflows:
+        return (None, problems) if problems else (Config(agent=agent, machines=tuple(machines)), problems)
+
     from agent.workflows.spec import load_workflows
 
     workflows = load_workflows(
@@ -158,6 +171,7 @@ def collect_config(path: Path, state_dir: Path | None = None) -> tuple[Config | 
         machine_ids=machine_ids,
         groups=groups,
         categories=agent.categories,
+        base_dir=root,
     )
     if problems:
         return None, problems

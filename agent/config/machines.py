@@ -171,6 +171,7 @@ def load_machines(
     problems: Problems,
     display_root: Path | None = None,
     categories: Categories | None = None,
+    base_dir: Path | None = None,
 ) -> list[MachineConfig]:
     """Every ``*.yaml`` / ``*.yml`` in ``folder``; duplicate ids are reported with both files."""
     if not folder.is_dir():
@@ -186,7 +187,9 @@ def load_machines(
             if path.stat().st_size == 0:
                 problems.add(shown, None, "", "file is empty")
             continue
-        machine = parse_machine(data, shown, problems, base_dir=path.parent, categories=categories)
+        machine = parse_machine(
+            data, shown, problems, base_dir=base_dir or path.parent, categories=categories
+        )
         if machine is None:
             continue
         if machine.id in seen:

@@ -342,8 +342,12 @@ def load_workflows(
     machine_ids: Iterable[str] | None = None,
     groups: Iterable[str] | None = None,
     categories: Any = None,
+    base_dir: Path | None = None,
 ) -> list[Workflow]:
     """Every ``*.yaml`` in ``folder`` (absent folder: none) plus the inline ``workflows:`` entries.
+
+    Relative paths (``secret_file``) resolve against ``base_dir``, the directory of agent.yaml, so
+    every file of a config names ``secrets/x.secret`` the same way.
 
     Names must be unique: they key endpoints, throttles, schedules and the API.
     """
@@ -362,7 +366,9 @@ def load_workflows(
                 if path.stat().st_size == 0:
                     problems.add(shown, None, "", "file is empty")
                 continue
-            sections.append(Section(data, file=shown, path="", problems=problems, base_dir=path.parent))
+            sections.append(
+                Section(data, file=shown, path="", problems=problems, base_dir=base_dir or path.parent)
+            )
     sections.extend(inline)
     out: list[Workflow] = []
     seen: dict[str, str] = {}

@@ -71,7 +71,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "workflows/secret-file-missing.yaml": [
         "config/workflows/secret-file-missing.yaml:7: actions[0].webhook.secret_file: cannot read secret "
-        "file {d}/config/workflows/secrets/tooling.secret: No such file or directory"
+        "file {d}/config/secrets/tooling.secret: No such file or directory"
     ],
     "agent/missing-machines-dir.yaml": [
         "config/agent.yaml:4: agent.machines_dir: machines directory not found: {d}/config/machine-files"
