@@ -249,6 +249,7 @@ def _alarm_view(alarm: Any) -> dict[str, Any]:
         "since": _ts(getattr(alarm, "since", None)),
         "source": getattr(alarm, "source", None),
         "unknown": getattr(alarm, "unknown", False),
+        "held": getattr(alarm, "held", False),
     }
 
 

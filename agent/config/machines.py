@@ -149,7 +149,10 @@ def parse_machine(
 
     from agent.derive.spec import parse_derivation
 
-    derivation = parse_derivation(top, set(connection.tag_names), categories)
+    # Only OPC-UA delivers alarm events; elsewhere a register alarm must not wait for one.
+    derivation = parse_derivation(
+        top, set(connection.tag_names), categories, alarm_events=(protocol == "opcua")
+    )
     top.done()
     if len(problems.items) > before:
         return None

@@ -11,11 +11,19 @@
   code confirms an alarm; a clear bit, or a code register reading 0, clears the unknown alarms it
   covers with ``cleared_by: reconnect``. Alarms only an event source knew stay active until the
   device clears them (configure ``code_tag`` to let the register settle them after a reconnect).
+- With events on, a register may show a code before the device's event for it arrives (a server
+  publishes values and events separately, in either order). A code the register shows while
+  connected is then *held*: it sits in the chain flagged ``held``, without ``alarm_triggered``, for
+  ``event_grace`` seconds. The event raises it in that time (with its message and severity); else
+  the register raises it at the deadline (``due``). Whatever ends a held alarm first raises it, so
+  an alarm the device showed never vanishes silently. The first look at the register, and a resync
+  after a gap, raise at once: no event will tell about alarms that were already active.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +49,7 @@ class ActiveAlarm:
     since: float
     source: str
     unknown: bool = False
+    held: bool = False  # shown by the register, ``alarm_triggered`` waits for the device's event
 
     def section(self) -> dict[str, Any]:
         return {
@@ -95,10 +104,14 @@ class AlarmTracker:
         self._prev: dict[str, Any] = {}  # last seen value of each alarm tag, for edge detection
         self.tags = spec.tags
         self.has_unknown = False
+        self.next_due = math.inf  # earliest deadline of a held alarm; ``due`` has work from then on
 
     def facts(self) -> tuple[AlarmFact, ...]:
+        """What rules see: announced alarms only, so no rule acts on an alarm before its event."""
         return tuple(
-            AlarmFact(normalize_code(a.code), a.description, a.severity) for a in self.active.values()
+            AlarmFact(normalize_code(a.code), a.description, a.severity)
+            for a in self.active.values()
+            if not a.held
         )
 
     # -- sources
@@ -110,19 +123,21 @@ class AlarmTracker:
             if n.active:
                 return []  # an active alarm without a code cannot be tracked
             doomed = [a for a in self.active.values() if a.source != BITS]
-            return [self._clear(a, now, "event_clear_all") for a in doomed]
+            return self._clear_all(doomed, now, lambda a: "event_clear_all")
         code = str(n.code).strip()
         existing = self.active.get(code)
         if n.active:
+            text = n.message or self.spec.text_for(code) or f"Alarm {code}"
+            severity = n.severity if 1 <= n.severity <= 1000 else None
+            if existing is not None and existing.held:
+                return [self._promote(existing, text, severity, now)]
             if existing is not None:
                 existing.unknown = False
                 return []
-            text = n.message or self.spec.text_for(code) or f"Alarm {code}"
-            severity = n.severity if 1 <= n.severity <= 1000 else None
             return [self._raise(code, text, severity, now, EVENT)]
         if existing is None:
             return []  # a clear for an alarm never seen raised: nothing to pair it with
-        return [self._clear(existing, now, EVENT)]
+        return self._clear(existing, now, EVENT)
 
     def from_tags(self, values: Mapping[str, Any], now: float) -> list[AlarmChange]:
         """Act on alarm tags whose value changed since the last call (all of them after a resync)."""
@@ -132,9 +147,12 @@ class AlarmTracker:
         resync = self.has_unknown
         if spec.code_tag is not None:
             value = values.get(spec.code_tag, _NONE)
-            if value is not _NONE and prev.get(spec.code_tag, _NONE) != value:
+            before = prev.get(spec.code_tag, _NONE)
+            if value is not _NONE and before != value:
                 prev[spec.code_tag] = value
-                out.extend(self._code_changed(value, values, now, resync))
+                # Only a change seen while connected can race the device's event for the same code.
+                may_hold = before is not _NONE and not resync
+                out.extend(self._code_changed(value, values, now, resync, may_hold))
             if spec.count_tag is not None:
                 count = values.get(spec.count_tag, _NONE)
                 if count is not _NONE and prev.get(spec.count_tag, _NONE) != count:
@@ -157,14 +175,14 @@ class AlarmTracker:
             elif now_set and existing is not None:
                 existing.unknown = False
             elif not now_set and existing is not None and (existing.source == BITS or existing.unknown):
-                out.append(self._clear(existing, now, "reconnect" if existing.unknown else BITS))
+                out.extend(self._clear(existing, now, "reconnect" if existing.unknown else BITS))
         for b in spec.bits:
             if b.tag in values:
                 prev[b.tag] = values[b.tag]
         return out
 
     def _code_changed(
-        self, value: Any, values: Mapping[str, Any], now: float, resync: bool
+        self, value: Any, values: Mapping[str, Any], now: float, resync: bool, may_hold: bool
     ) -> list[AlarmChange]:
         code = _code_of(value)
         if code is None:
@@ -177,7 +195,7 @@ class AlarmTracker:
                 ]
             else:
                 doomed = [a for a in self.active.values() if a.source == CODE_TAG]
-            return [self._clear(a, now, "reconnect" if a.unknown else CODE_TAG) for a in doomed]
+            return self._clear_all(doomed, now, lambda a: "reconnect" if a.unknown else CODE_TAG)
         existing = self.active.get(code)
         if existing is not None:
             existing.unknown = False
@@ -188,6 +206,9 @@ class AlarmTracker:
             if isinstance(raw, int | float) and not isinstance(raw, bool) and 1 <= raw <= 1000:
                 severity = int(raw)
         text = self.spec.text_for(code) or f"Alarm {code}"
+        if may_hold and self.spec.events and self.spec.event_grace > 0:
+            self._hold(code, text, severity, now)
+            return []
         return [self._raise(code, text, severity, now, CODE_TAG)]
 
     def _trim_to_count(self, count: Any, current: str | None, now: float) -> list[AlarmChange]:
@@ -200,9 +221,41 @@ class AlarmTracker:
             if excess <= 0:
                 break
             if a.code != current:
-                out.append(self._clear(a, now, "count_tag"))
+                out.extend(self._clear(a, now, "count_tag"))
                 excess -= 1
         return out
+
+    # -- held register raises
+
+    def due(self, now: float) -> list[AlarmChange]:
+        """Raise the held alarms whose grace period has passed without the device's event."""
+        if now < self.next_due:
+            return []
+        out = []
+        for a in self.active.values():
+            if a.held and now >= self._deadline(a):
+                a.held = False
+                out.append(AlarmChange(True, a, now))
+        self._reschedule()
+        return out
+
+    def _deadline(self, alarm: ActiveAlarm) -> float:
+        # Events turned off by a reload: nothing can come any more, the hold ends at once.
+        return alarm.since + self.spec.event_grace if self.spec.events else alarm.since
+
+    def _reschedule(self) -> None:
+        self.next_due = min((self._deadline(a) for a in self.active.values() if a.held), default=math.inf)
+
+    def _hold(self, code: str, text: str, severity: int | None, now: float) -> None:
+        self.active[code] = ActiveAlarm(code, text, severity, now, CODE_TAG, held=True)
+        self.next_due = min(self.next_due, self._deadline(self.active[code]))
+
+    def _promote(self, alarm: ActiveAlarm, text: str, severity: int | None, now: float) -> AlarmChange:
+        """The device's event for a held code: it raises the alarm, which keeps the register's start."""
+        alarm.description, alarm.severity, alarm.source = text, severity, EVENT
+        alarm.held = alarm.unknown = False
+        self._reschedule()
+        return AlarmChange(True, alarm, now)
 
     # -- connection
 
@@ -226,9 +279,22 @@ class AlarmTracker:
         self.active[code] = alarm
         return AlarmChange(True, alarm, now)
 
-    def _clear(self, alarm: ActiveAlarm, now: float, by: str) -> AlarmChange:
+    def _clear(self, alarm: ActiveAlarm, now: float, by: str) -> list[AlarmChange]:
+        """The alarm ends; a held one is raised first (at its end: it was never announced)."""
         del self.active[alarm.code]
-        return AlarmChange(False, alarm, now, by)
+        if not alarm.held:
+            return [AlarmChange(False, alarm, now, by)]
+        alarm.held = False
+        self._reschedule()
+        return [AlarmChange(True, alarm, now), AlarmChange(False, alarm, now, by)]
+
+    def _clear_all(
+        self, doomed: list[ActiveAlarm], now: float, by: Callable[[ActiveAlarm], str]
+    ) -> list[AlarmChange]:
+        out: list[AlarmChange] = []
+        for a in doomed:
+            out.extend(self._clear(a, now, by(a)))
+        return out
 
     # -- persistence
 
@@ -242,6 +308,7 @@ class AlarmTracker:
                     "since": a.since,
                     "source": a.source,
                     "unknown": a.unknown,
+                    "held": a.held,
                 }
                 for a in self.active.values()
             ]
@@ -260,7 +327,9 @@ class AlarmTracker:
                 item.number("since"),
                 source,
                 item.flag("unknown"),
+                item.flag("held"),  # absent in snapshots from before the hold existed
             )
             self.active[alarm.code] = alarm
+        self._reschedule()
         # After a restart nothing is known about the device: resolve like after a disconnect.
         self.mark_unknown()

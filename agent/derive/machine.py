@@ -99,6 +99,8 @@ class MachineDeriver:
     def ingest(self, samples: Sequence[Reading | AlarmNotice], now: float) -> list[Event]:
         now = self._clock(now)
         events: list[Fact] = []
+        if now >= self._alarms.next_due:
+            self._alarm_events(self._alarms.due(now), events)
         values = self._ctx.values
         changed_at = self._ctx.changed_at
         rule_tags, alarm_tags, counter = self._rule_tags, self._alarm_tags, self._counter
@@ -146,9 +148,12 @@ class MachineDeriver:
         return self._wrap(events, now)
 
     def tick(self, now: float) -> list[Event]:
-        """Timers without readings: debounce, disconnect, micro-stop, ``downtime_exceeded``."""
+        """Timers without readings: debounce, disconnect, micro-stop, ``downtime_exceeded``, and the
+        register's held alarms whose event did not come."""
         now = self._clock(now)
         events: list[Fact] = []
+        if now >= self._alarms.next_due:
+            self._alarm_events(self._alarms.due(now), events)
         self._step(now, events)
         return self._wrap(events, now)
 
@@ -244,7 +249,8 @@ class MachineDeriver:
 
     @property
     def active_alarms(self) -> tuple[ActiveAlarm, ...]:
-        """Active alarms in raise order; ``unknown`` ones were active when contact was lost."""
+        """Active alarms in raise order; ``unknown`` ones were active when contact was lost, ``held``
+        ones are shown by the register and not announced yet (waiting for the device's event)."""
         return tuple(copy.copy(a) for a in self._alarms.active.values())
 
     def part_totals(self, day: date | str) -> int:

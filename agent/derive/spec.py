@@ -97,6 +97,8 @@ class AlarmSpec:
     bits: tuple[AlarmBit, ...] = ()
     texts: Mapping[str, str] = field(default_factory=dict)
     events: bool = True
+    # How long a code the register shows waits for the device's event about it (0: not at all).
+    event_grace: float = 2.0
 
     def text_for(self, code: str) -> str | None:
         return self.texts.get(str(normalize_code(code)))
@@ -170,17 +172,21 @@ def parse_derivation(
     tag_names: Set[str],
     categories: Categories | None = None,
     default_timezone: str | None = None,
+    *,
+    alarm_events: bool = True,
 ) -> DerivationSpec:
     """Read ``status``, ``alarms``, ``downtime``, ``parts`` and ``timezone`` of a machine file's root.
 
     ``tag_names`` are the machine's tags (rules naming others are errors); with ``categories``,
     categorization rules may only name listed categories. ``default_timezone`` is the plant's
     (an IANA name); without one and without ``timezone:`` in the machine file, days are UTC days.
+    ``alarm_events`` says whether the machine's driver can deliver alarm events at all; it is the
+    default of ``alarms.events``, so a register-only machine raises its register's codes at once.
     """
     tags = set(tag_names)
     tz = _parse_timezone(section, default_timezone)
     status = _parse_status(section.sub("status"), tags)
-    alarms = _parse_alarms(section.sub("alarms"), tags)
+    alarms = _parse_alarms(section.sub("alarms"), tags, alarm_events)
     downtime = _parse_downtime(section.sub("downtime"), tags, categories)
     parts = _parse_parts(section.sub("parts"), tags)
     return DerivationSpec(status, alarms, downtime, parts, tz)
@@ -231,12 +237,13 @@ def _tag_ref(tags: set[str]) -> Any:
     return convert
 
 
-def _parse_alarms(sec: Section, tags: set[str]) -> AlarmSpec:
+def _parse_alarms(sec: Section, tags: set[str], events_default: bool) -> AlarmSpec:
     tag_ref = _tag_ref(tags)
     code_tag = sec.opt("code_tag", tag_ref)
     severity_tag = sec.opt("severity_tag", tag_ref)
     count_tag = sec.opt("count_tag", tag_ref)
-    events = sec.get("events", as_bool, True)
+    events = sec.get("events", as_bool, events_default)
+    event_grace = sec.get("event_grace", as_duration, 2.0)
     texts: dict[str, str] = {}
     texts_sec = sec.sub("texts")
     codes = texts_sec.keys()  # Sections have keys() but no __iter__
@@ -266,7 +273,7 @@ def _parse_alarms(sec: Section, tags: set[str]) -> AlarmSpec:
             if bit is not None and code is not None and tag in tags:
                 bits.append(AlarmBit(tag, bit, code, text, severity))
     sec.done()
-    return AlarmSpec(code_tag, severity_tag, count_tag, tuple(bits), texts, events)
+    return AlarmSpec(code_tag, severity_tag, count_tag, tuple(bits), texts, events, event_grace)
 
 
 def _parse_downtime(sec: Section, tags: set[str], categories: Categories | None) -> DowntimeSpec:

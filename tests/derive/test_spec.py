@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.config.source import Problems, Section, parse_yaml
-from agent.derive import Categories, parse_categories
+from agent.derive import Categories, parse_categories, parse_derivation
 from agent.derive.spec import Category
 
 from .builders import BASE, problems_of, spec_from
@@ -41,7 +41,23 @@ def test_empty_sections_give_safe_defaults() -> None:
     spec = spec_from("{}\n", tags=set())
     assert spec.status.rules == () and spec.status.otherwise == "IDLE"
     assert spec.alarms.events is True
+    assert spec.alarms.event_grace == 2.0  # a register's code waits this long for the device's event
     assert spec.parts.counter is None
+
+
+def test_event_grace_is_a_duration() -> None:
+    assert spec_from("alarms: {event_grace: 500ms}\n").alarms.event_grace == 0.5
+    assert spec_from("alarms: {event_grace: 0}\n").alarms.event_grace == 0.0
+
+
+def test_a_driver_without_alarm_events_turns_events_off_unless_the_file_says_otherwise() -> None:
+    def events(text: str) -> bool:
+        problems = Problems()
+        root = Section(parse_yaml(text, "m.yaml", problems), file="m.yaml", path="", problems=problems)
+        return parse_derivation(root, {"alarm_code"}, alarm_events=False).alarms.events
+
+    assert events("alarms: {code_tag: alarm_code}\n") is False
+    assert events("alarms: {code_tag: alarm_code, events: true}\n") is True
 
 
 def test_min_seconds_is_the_issue_s_name_for_micro_stop() -> None:
@@ -68,6 +84,7 @@ def test_min_seconds_is_the_issue_s_name_for_micro_stop() -> None:
         ),
         ("status: {debounce: 5s}\n", "status.debounce: unknown key"),
         ("alarms: {code_tag: alarm_register}\n", "alarms.code_tag: unknown tag 'alarm_register'"),
+        ("alarms: {event_grace: soon}\n", "alarms.event_grace: expected a duration"),
         ("alarms: {bits: {door_bits: {0: {code: X}}}}\n", "alarms.bits.door_bits: unknown tag"),
         ("alarms: {bits: {alarm_bits: {x: {code: X}}}}\n", "alarms.bits.alarm_bits.x: bit number"),
         (

@@ -102,11 +102,6 @@ async def test_status_and_alarm_events_arrive_as_webhooks(
     assert at_path(receiver, "/alarm") == [alarm]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/derive/alarms.py raises a code-register alarm even when the machine has alarm events; "
-    "the event that follows for the same code is then ignored, losing its message and severity",
-)
 async def test_alarm_register_seen_before_its_event_still_gets_the_events_severity(
     tmp_path: Path, opcua_sim: OpcuaSimulator, receiver: Receiver
 ) -> None:

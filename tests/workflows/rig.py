@@ -45,6 +45,7 @@ alarms:
   code_tag: alarm_code
   severity_tag: alarm_severity
   texts: {1001: Spindle overload, 2040: Coolant low}
+  events: false          # Modbus: the register is the only alarm source
 downtime:
   micro_stop: 1m
   categorize:
