@@ -145,20 +145,24 @@ class Runtime:
         )
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Reverse of start: no new input (collectors, API), then everything derived reaches the
+        outbox and the state store, in-flight webhooks get ``grace`` seconds, then the files close."""
         self.notifier.stopping("stopping")
         log.info("agent_stopping")
-        for mid in list(self.machines):
-            await self._stop_machine(mid)
+        await asyncio.gather(*(self._stop_machine(mid) for mid in list(self.machines)))
+        if self._runner is not None:
+            await self._runner.cleanup()
         await self.supervisor.stop_all()
         if self._fire_tasks:
             await asyncio.gather(*self._fire_tasks, return_exceptions=True)
         if self.pipeline is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self.pipeline.close()
+            except Exception as exc:
+                # Rows still waiting in memory are lost only if the outbox refuses them to the end.
+                log.error("pipeline_close_failed", error=repr(exc), waiting=self.pipeline.pending)
         if self.dispatcher is not None:
             await self.dispatcher.stop(grace)
-        if self._runner is not None:
-            await self._runner.cleanup()
         if self.store is not None:
             await self.store.close()
         if self.outbox is not None:
