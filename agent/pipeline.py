@@ -2,14 +2,19 @@
 
 Samples go into each machine's deriver; the events that come out are matched against the workflows;
 every firing becomes one outbox row per action, and each batch is enqueued with one call (the outbox
-group-commits). Timers (debounce, disconnect, downtime_exceeded) and cron schedules advance in
+group-commits). Before the outbox sees rows, they are saved in the state store together with the
+snapshots that produced them (``JOURNAL_KEY``), so a kill -9 between the two files neither loses an
+event nor derives it again under a new id. Timers (debounce, disconnect, downtime_exceeded) and cron schedules advance in
 ``tick``. Nothing here runs in a thread; every method is called from the one event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +34,9 @@ log = structlog.get_logger(__name__)
 
 # Stored beside the machine snapshots; '#' cannot start a machine id, so the keys never collide.
 SCHEDULE_STATE_KEY = "#workflow-schedules"
+# Rows planned but not yet confirmed by the outbox, saved in the same transaction as the snapshots
+# that produced them: a kill -9 between the two files neither loses them nor derives them again.
+JOURNAL_KEY = "#outbox-journal"
 
 
 class PipelineError(Exception):
@@ -182,6 +190,14 @@ class Pipeline:
         self._throttle = Throttle()
         self._pending: list[NewDelivery] = []
         self._dirty: set[str] = set()
+        self._journal: dict[str, NewDelivery] = {}
+        self._journal_dirty = False
+        # Machines whose derived events a task has still to plan: their snapshot would be ahead of
+        # the journal, so it waits.
+        self._unplanned: Counter[str] = Counter()
+        self._saving: asyncio.Event | None = None
+        self._save_asked = 0
+        self._save_done = 0
         self._last_save = clock()
         self._schedules: dict[str, _Schedule] = {}
         self._stored_runs: dict[str, float] = {}
@@ -250,6 +266,14 @@ class Pipeline:
         # Forget what was planned from nothing: the stored runs decide now.
         self._schedules = {}
         self._plan_schedules(self._clock())
+        rows = journal_rows(saved.get(JOURNAL_KEY))
+        if rows:
+            # The process died between saving these and the outbox confirming them; the outbox
+            # ignores a message id it already holds.
+            log.info("outbox_journal_replayed", rows=len(rows))
+            self._journal.update((r.message_id, r) for r in rows)
+            self._pending = rows + self._pending
+            await self._enqueue([])
 
     # -- read-only views for the API
 
@@ -289,14 +313,18 @@ class Pipeline:
             return []
         events = deriver.ingest(samples, self._clock())
         self._dirty.add(machine_id)
+        if events:
+            self._unplanned[machine_id] += 1  # until ``fire`` plans them
         return events
 
     async def fire(self, events: Sequence[Event]) -> list[Execution]:
-        now = self._clock()
-        executions = await self._fire(events, now)
-        if executions:
-            await self._save_after_firing(now)
-        return executions
+        """Fire what ``derive`` returned (every list it returns must be passed here once)."""
+        for mid in {e.machine.id for e in events if e.machine is not None}:
+            self._unplanned[mid] -= 1
+            if self._unplanned[mid] <= 0:
+                del self._unplanned[mid]
+        # _fire plans before its first await, so no snapshot sees these machines unplanned.
+        return await self._fire(events, self._clock())
 
     async def tick(self, now: float | None = None) -> list[Execution]:
         """Advance timers and schedules; retry rows the outbox refused; save changed snapshots."""
@@ -319,9 +347,7 @@ class Pipeline:
         executions = await self._fire(events, now) if events or self._pending else []
         if ran:
             await self._save_schedules()
-        if executions:
-            await self._save_after_firing(now)
-        elif self._dirty and not self._pending and now - self._last_save >= self._snapshot_interval:
+        if (self._dirty or self._journal_dirty) and now - self._last_save >= self._snapshot_interval:
             await self.save_snapshots(now)
         return executions
 
@@ -344,7 +370,7 @@ class Pipeline:
         self._dirty.add(owner)
         executions = await self._fire([event], now)
         # An operator's word is worth a write of its own: do not wait for the next batch.
-        await self._save_after_firing(now)
+        await self.save_snapshots(now)
         return event, executions
 
     def _downtime_owner(self, downtime_id: str) -> str | None:
@@ -451,6 +477,11 @@ class Pipeline:
         if events and self._on_events is not None:
             self._on_events(events)
         plan = self._plan(events, now)
+        if plan.rows:
+            self._journal.update((r.message_id, r) for r in plan.rows)
+            self._journal_dirty = True
+            # State and the rows it produced become durable together, before the outbox sees them.
+            await self.save_snapshots(now)
         durable = await self._enqueue(plan.rows)
         executions = [e if durable else _not_durable(e) for e in plan.executions]
         for ex in executions:
@@ -484,29 +515,62 @@ class Pipeline:
                 reason=str(exc),
             )
             return False
+        for row in batch:
+            self._journal.pop(row.message_id, None)
+        self._journal_dirty = True
         if self._on_enqueued is not None:
             self._on_enqueued()
         return True
 
     # -- durability of derived state
 
-    async def _save_after_firing(self, now: float) -> None:
-        """Once deliveries are durable, make the state that produced them durable too: a restart
-        must not derive (and send) the same event again under a new id."""
-        if not self._pending:
-            await self.save_snapshots(now)
-
     async def save_snapshots(self, now: float | None = None) -> None:
-        """Write the snapshots of machines whose state changed, all in one transaction."""
-        if self._store is None or not self._dirty:
+        """Write the snapshots of machines whose state changed and the journal, in one transaction.
+
+        Concurrent callers share one write: each returns once a write that began after its call
+        has finished (group commit, as in the outbox)."""
+        if self._store is None:
             return
-        dirty, self._dirty = self._dirty, set()
-        snapshots = {mid: self.derivers[mid].snapshot() for mid in sorted(dirty) if mid in self.derivers}
+        self._save_asked += 1
+        ticket = self._save_asked
+        while self._save_done < ticket:
+            if self._saving is not None:
+                # A write is running; it may have started before this call. Everyone waiting wakes
+                # at once when it ends, so the next write again takes all of them.
+                await self._saving.wait()
+                continue
+            self._saving = asyncio.Event()
+            try:
+                await asyncio.sleep(0)  # callers ready in this same loop turn join this write
+                covers = self._save_asked
+                await self._save_now(self._store, now)
+                self._save_done = covers
+            finally:
+                done, self._saving = self._saving, None
+                done.set()
+
+    async def _save_now(self, store: Store, now: float | None) -> None:
+        if self._pending:
+            # The outbox refuses rows and they wait in memory: keep the stored state behind them (a
+            # restart derives them again) rather than rewrite an ever longer journal on every save.
+            return
+        dirty = {mid for mid in self._dirty if mid not in self._unplanned}
+        journal = self._journal_dirty
+        if not dirty and not journal:
+            return
+        self._dirty -= dirty
+        self._journal_dirty = False
+        snapshots: dict[str, Mapping[str, Any]] = {
+            mid: self.derivers[mid].snapshot() for mid in sorted(dirty) if mid in self.derivers
+        }
+        if journal:
+            snapshots[JOURNAL_KEY] = {"rows": [journal_entry(r) for r in self._journal.values()]}
         try:
-            await self._store.save_many(snapshots)
+            await store.save_many(snapshots)
         except DeriveError as exc:
             # Derived state is a convenience across restarts; delivery goes on. Try again next time.
             self._dirty |= dirty
+            self._journal_dirty = self._journal_dirty or journal
             log.error("derived_state_not_saved", machines=len(snapshots), error=str(exc))
             return
         self._last_save = self._clock() if now is None else now
@@ -528,8 +592,46 @@ class Pipeline:
         """Last chance to enqueue rows waiting in memory and to save derived state."""
         if self._pending:
             await self._enqueue([])
-        if not self._pending:
-            await self.save_snapshots()
+        await self.save_snapshots()
+
+
+def journal_entry(row: NewDelivery) -> dict[str, Any]:
+    return {
+        "message_id": row.message_id,
+        "endpoint": row.endpoint,
+        "url": row.url,
+        "workflow": row.workflow,
+        "event_type": row.event_type,
+        "machine_id": row.machine_id,
+        "event_id": row.event_id,
+        "body": base64.b64encode(row.body).decode("ascii"),
+        "not_before": row.not_before,
+    }
+
+
+def journal_rows(saved: Any) -> list[NewDelivery]:
+    """The stored journal; an entry that does not decode is logged and skipped (never a crash)."""
+    items = saved.get("rows") if isinstance(saved, Mapping) else None
+    rows: list[NewDelivery] = []
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        try:
+            machine = item["machine_id"]
+            rows.append(
+                NewDelivery(
+                    message_id=str(item["message_id"]),
+                    endpoint=str(item["endpoint"]),
+                    url=str(item["url"]),
+                    workflow=str(item["workflow"]),
+                    event_type=str(item["event_type"]),
+                    machine_id=None if machine is None else str(machine),
+                    event_id=str(item["event_id"]),
+                    body=base64.b64decode(item["body"], validate=True),
+                    not_before=float(item["not_before"]),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("outbox_journal_entry_unreadable", key=JOURNAL_KEY, index=i, error=repr(exc))
+    return rows
 
 
 def _not_durable(ex: Execution) -> Execution:
