@@ -14,6 +14,7 @@ from agent.workflows.spec import (
     TRIGGER_EVENT,
     AlarmTrigger,
     CategorizedTrigger,
+    DowntimeTrigger,
     ExceededTrigger,
     Scope,
     StatusTrigger,
@@ -74,6 +75,13 @@ def _exceeded_matches(trigger: ExceededTrigger, event: Event) -> bool:
     return abs(float(threshold) - trigger.after) <= _THRESHOLD_TOLERANCE
 
 
+def _downtime_matches(trigger: DowntimeTrigger, event: Event) -> bool:
+    if not trigger.min_duration:
+        return True
+    duration = _section(event, "downtime").get("duration_seconds")
+    return isinstance(duration, int | float) and duration >= trigger.min_duration
+
+
 def fires(workflow: Workflow, event: Event) -> bool:
     """True when ``event`` (an event of ``event.machine``) fires ``workflow``.
 
@@ -99,6 +107,8 @@ def fires(workflow: Workflow, event: Event) -> bool:
         return _categorized_matches(trigger, event)
     if isinstance(trigger, ExceededTrigger):
         return _exceeded_matches(trigger, event)
+    if isinstance(trigger, DowntimeTrigger):
+        return _downtime_matches(trigger, event)
     return False
 
 

@@ -12,9 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.events import (
+    ALARM_CLEARED,
     ALARM_TRIGGERED,
     DOWNTIME_CATEGORIZED,
+    DOWNTIME_ENDED,
     DOWNTIME_EXCEEDED,
+    DOWNTIME_STARTED,
     MACHINE_STATUS_CHANGED,
     MANUAL_TRIGGER,
     SCHEDULED,
@@ -57,18 +60,28 @@ def _downtime(event: Event) -> dict[str, Any]:
     }
     if event.event == DOWNTIME_EXCEEDED:
         out["threshold_seconds"] = _seconds(d.get("threshold_seconds"))
+    if event.event == DOWNTIME_ENDED:
+        out["ended_at"] = _time(d.get("ended_at"))
     return out
 
 
 def _alarm(event: Event) -> dict[str, Any]:
     a = _section(event, "alarm")
     description = a.get("description", a.get("message", a.get("text")))
-    return {"code": a.get("code"), "description": description, "severity": a.get("severity")}
+    out = {"code": a.get("code"), "description": description, "severity": a.get("severity")}
+    if event.event == ALARM_CLEARED:
+        out["duration_seconds"] = _seconds(a.get("duration_seconds"))
+    return out
 
 
 def _status(event: Event) -> dict[str, Any]:
     s = _section(event, "status")
-    return {"from": s.get("from"), "to": s.get("to"), "since": _time(s.get("since"))}
+    return {
+        "from": s.get("from"),
+        "to": s.get("to"),
+        "since": _time(s.get("since")),
+        "previous_duration_seconds": _seconds(s.get("previous_duration_seconds")),
+    }
 
 
 def build_payload(workflow: Workflow, event: Event) -> dict[str, Any]:
@@ -76,11 +89,11 @@ def build_payload(workflow: Workflow, event: Event) -> dict[str, Any]:
     if event.machine is not None:
         body["machine"] = event.machine.as_dict()
     kind = event.event
-    if kind in (DOWNTIME_CATEGORIZED, DOWNTIME_EXCEEDED):
+    if kind in (DOWNTIME_CATEGORIZED, DOWNTIME_EXCEEDED, DOWNTIME_STARTED, DOWNTIME_ENDED):
         body["downtime"] = _downtime(event)
         body["operator"] = _operator(event.data.get("operator"))
         body["workflow"] = {"name": workflow.name}
-    elif kind == ALARM_TRIGGERED:
+    elif kind in (ALARM_TRIGGERED, ALARM_CLEARED):
         body["alarm"] = _alarm(event)
         body["workflow"] = {"name": workflow.name}
     elif kind == MACHINE_STATUS_CHANGED:

@@ -27,9 +27,12 @@ from agent.config.source import (
     one_of,
 )
 from agent.events import (
+    ALARM_CLEARED,
     ALARM_TRIGGERED,
     DOWNTIME_CATEGORIZED,
+    DOWNTIME_ENDED,
     DOWNTIME_EXCEEDED,
+    DOWNTIME_STARTED,
     MACHINE_STATUS_CHANGED,
     MANUAL_TRIGGER,
     SCHEDULED,
@@ -46,6 +49,10 @@ TRIGGER_TYPES = (
     DOWNTIME_EXCEEDED,
     "manual",
     "scheduled",
+    # Beyond the seed's five: the other derived events a plant wires to dashboards and ERPs.
+    ALARM_CLEARED,
+    DOWNTIME_STARTED,
+    DOWNTIME_ENDED,
 )
 # The event a trigger type listens to (manual and scheduled events are made by the pipeline itself).
 TRIGGER_EVENT = {
@@ -55,6 +62,9 @@ TRIGGER_EVENT = {
     DOWNTIME_EXCEEDED: DOWNTIME_EXCEEDED,
     "manual": MANUAL_TRIGGER,
     "scheduled": SCHEDULED,
+    ALARM_CLEARED: ALARM_CLEARED,
+    DOWNTIME_STARTED: DOWNTIME_STARTED,
+    DOWNTIME_ENDED: DOWNTIME_ENDED,
 }
 _NAME = re.compile(r"^[^\x00-\x1f/#]{1,100}$")
 
@@ -99,6 +109,20 @@ class AlarmTrigger:
 
 
 @dataclass(frozen=True)
+class DowntimeTrigger:
+    """``downtime_started`` / ``downtime_ended``; an ended downtime shorter than ``min_duration`` is skipped."""
+
+    type: str
+    min_duration: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == DOWNTIME_ENDED:
+            out["min_duration_seconds"] = self.min_duration
+        return out
+
+
+@dataclass(frozen=True)
 class CategorizedTrigger:
     categories: tuple[str, ...] = ()  # empty: any category
     type: str = DOWNTIME_CATEGORIZED
@@ -136,7 +160,13 @@ class ScheduledTrigger:
 
 
 Trigger = (
-    StatusTrigger | AlarmTrigger | CategorizedTrigger | ExceededTrigger | ManualTrigger | ScheduledTrigger
+    StatusTrigger
+    | AlarmTrigger
+    | CategorizedTrigger
+    | ExceededTrigger
+    | ManualTrigger
+    | ScheduledTrigger
+    | DowntimeTrigger
 )
 
 
@@ -206,12 +236,17 @@ def _parse_trigger(sec: Section) -> Trigger | None:
     trigger: Trigger | None = None
     if kind == MACHINE_STATUS_CHANGED:
         trigger = StatusTrigger(tuple(sec.list_of("from", _state)), tuple(sec.list_of("to", _state)))
-    elif kind == ALARM_TRIGGERED:
+    elif kind in (ALARM_TRIGGERED, ALARM_CLEARED):
         trigger = AlarmTrigger(
             codes=tuple(sec.list_of("codes", _code)),
             code_patterns=tuple(sec.list_of("code_patterns", _pattern)),
             min_severity=sec.get("min_severity", in_range(as_int, 0, 1000), 0),
+            type=kind,
         )
+    elif kind == DOWNTIME_STARTED:
+        trigger = DowntimeTrigger(kind)
+    elif kind == DOWNTIME_ENDED:
+        trigger = DowntimeTrigger(kind, sec.get("min_duration", as_duration, 0.0))
     elif kind == DOWNTIME_CATEGORIZED:
         trigger = CategorizedTrigger(tuple(sec.list_of("categories", as_str)))
     elif kind == DOWNTIME_EXCEEDED:

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from agent.events import (
+    ALARM_CLEARED,
     ALARM_TRIGGERED,
     DOWNTIME_CATEGORIZED,
+    DOWNTIME_ENDED,
     DOWNTIME_EXCEEDED,
     DOWNTIME_STARTED,
     MACHINE_STATUS_CHANGED,
@@ -20,6 +22,7 @@ from agent.workflows.match import exceeded_thresholds, fires, in_scope
 from agent.workflows.spec import (
     AlarmTrigger,
     CategorizedTrigger,
+    DowntimeTrigger,
     ExceededTrigger,
     ManualTrigger,
     Scope,
@@ -82,6 +85,25 @@ def alarm(code: str, severity: int) -> Event:
         ),
         (ExceededTrigger(1800.0), ev(DOWNTIME_EXCEEDED, downtime={"threshold_seconds": 1800.0}), True),
         (ExceededTrigger(1800.0), ev(DOWNTIME_EXCEEDED, downtime={"threshold_seconds": 3600.0}), False),
+        (DowntimeTrigger(DOWNTIME_STARTED), ev(DOWNTIME_STARTED, downtime={"duration_seconds": 0}), True),
+        (
+            DowntimeTrigger(DOWNTIME_ENDED, 300.0),
+            ev(DOWNTIME_ENDED, downtime={"duration_seconds": 299}),
+            False,
+        ),
+        (
+            DowntimeTrigger(DOWNTIME_ENDED, 300.0),
+            ev(DOWNTIME_ENDED, downtime={"duration_seconds": 300}),
+            True,
+        ),
+        (DowntimeTrigger(DOWNTIME_ENDED), ev(DOWNTIME_STARTED, downtime={"duration_seconds": 900}), False),
+        (
+            AlarmTrigger(codes=("1001",), type=ALARM_CLEARED),
+            ev(ALARM_CLEARED, alarm={"code": "1001", "severity": 800}),
+            True,
+        ),
+        (AlarmTrigger(codes=("1001",), type=ALARM_CLEARED), alarm("1001", 800), False),
+        (AlarmTrigger(codes=("1001",)), ev(ALARM_CLEARED, alarm={"code": "1001", "severity": 800}), False),
         # Wrong event type for the trigger never fires.
         (CategorizedTrigger(), ev(DOWNTIME_STARTED, downtime={"category": None}), False),
         (StatusTrigger(), alarm("1", 1), False),

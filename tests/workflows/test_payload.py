@@ -6,8 +6,10 @@ import json
 from datetime import UTC, datetime
 
 from agent.events import (
+    ALARM_CLEARED,
     ALARM_TRIGGERED,
     DOWNTIME_CATEGORIZED,
+    DOWNTIME_ENDED,
     DOWNTIME_EXCEEDED,
     MACHINE_STATUS_CHANGED,
     MANUAL_TRIGGER,
@@ -19,6 +21,7 @@ from agent.workflows.payload import build_payload, encode
 from agent.workflows.spec import (
     AlarmTrigger,
     CategorizedTrigger,
+    DowntimeTrigger,
     ExceededTrigger,
     ManualTrigger,
     ScheduledTrigger,
@@ -131,7 +134,12 @@ def test_status_payload() -> None:
         {"status": {"from": "ACTIVE", "to": "IDLE", "since": T, "previous_duration_seconds": 60.0}},
     )
     body = build_payload(Workflow("Stopped", StatusTrigger()), event)
-    assert body["status"] == {"from": "ACTIVE", "to": "IDLE", "since": "2024-01-15T14:32:00Z"}
+    assert body["status"] == {
+        "from": "ACTIVE",
+        "to": "IDLE",
+        "since": "2024-01-15T14:32:00Z",
+        "previous_duration_seconds": 60,
+    }
     assert body["machine"] == MILL.as_dict()
 
 
@@ -196,3 +204,53 @@ def test_scheduled_payload_has_configuration_and_counts_but_no_secrets() -> None
 
 def test_encode_is_compact_utf8() -> None:
     assert encode({"a": "Müller", "b": [1]}) == '{"a":"Müller","b":[1]}'.encode()
+
+
+def test_downtime_ended_and_alarm_cleared_payloads_carry_their_durations() -> None:
+    ended = Event(
+        "E9",
+        DOWNTIME_ENDED,
+        T,
+        MILL,
+        {
+            "downtime": {
+                "id": "dt-7",
+                "started_at": T - 600,
+                "ended_at": T,
+                "duration_seconds": 600.4,
+                "category": "Tooling",
+                "notes": None,
+            }
+        },
+    )
+    body = build_payload(Workflow("Downtime log", DowntimeTrigger(DOWNTIME_ENDED)), ended)
+    assert body["event"] == "downtime_ended"
+    assert body["downtime"] == {
+        "duration_seconds": 600,
+        "category": "Tooling",
+        "notes": None,
+        "id": "dt-7",
+        "started_at": "2024-01-15T14:22:00Z",
+        "ended_at": "2024-01-15T14:32:00Z",
+    }
+    cleared = Event(
+        "E10",
+        ALARM_CLEARED,
+        T,
+        MILL,
+        {
+            "alarm": {
+                "code": "1001",
+                "description": "Spindle overload",
+                "severity": 800,
+                "duration_seconds": 42.2,
+            }
+        },
+    )
+    body = build_payload(Workflow("Alarm log", AlarmTrigger(type=ALARM_CLEARED)), cleared)
+    assert body["alarm"] == {
+        "code": "1001",
+        "description": "Spindle overload",
+        "severity": 800,
+        "duration_seconds": 42,
+    }

@@ -11,6 +11,7 @@ from agent.delivery.settings import DeliveryConfig
 from agent.workflows.spec import (
     AlarmTrigger,
     CategorizedTrigger,
+    DowntimeTrigger,
     ExceededTrigger,
     ManualTrigger,
     ScheduledTrigger,
@@ -67,6 +68,9 @@ def test_full_example_parses_with_defaults() -> None:
             ScheduledTrigger("0 23 * * *", "Europe/Berlin"),
         ),
         ("{type: scheduled, cron: '0 23 * * *'}", ScheduledTrigger("0 23 * * *", "UTC")),
+        ("{type: downtime_started}", DowntimeTrigger("downtime_started")),
+        ("{type: downtime_ended, min_duration: 5m}", DowntimeTrigger("downtime_ended", 300.0)),
+        ("{type: alarm_cleared, codes: [1001]}", AlarmTrigger(("1001",), type="alarm_cleared")),
     ],
 )
 def test_trigger_types(trigger: str, expected: object) -> None:
