@@ -8,7 +8,6 @@ the configuration is loaded, the outbox is open and the API listens.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 from collections import Counter
