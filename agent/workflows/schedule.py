@@ -42,29 +42,22 @@ def _pinned_hour(expr: str) -> bool:
 
 def next_fire(expr: str, timezone: str, after: float) -> float:
     """The first fire time strictly after ``after`` (Unix seconds)."""
-    tz = ZoneInfo(timezone)
-    start = datetime.fromtimestamp(after, tz=UTC).astimezone(tz)
-    it = croniter(expr, start)
-    pinned = _pinned_hour(expr)
-    while True:
-        candidate: datetime = it.get_next(datetime)
-        if pinned and candidate.fold == 1 and candidate.utcoffset() != candidate.replace(fold=0).utcoffset():
-            continue
-        ts = candidate.timestamp()
-        if ts > after:
-            return ts
+    return _walk(expr, timezone, after, forward=True)
 
 
 def previous_fire(expr: str, timezone: str, before: float) -> float:
     """The last fire time strictly before ``before``: the start of the first window of a schedule."""
-    tz = ZoneInfo(timezone)
-    start = datetime.fromtimestamp(before, tz=UTC).astimezone(tz)
-    it = croniter(expr, start)
+    return _walk(expr, timezone, before, forward=False)
+
+
+def _walk(expr: str, timezone: str, t: float, *, forward: bool) -> float:
+    it = croniter(expr, datetime.fromtimestamp(t, tz=UTC).astimezone(ZoneInfo(timezone)))
     pinned = _pinned_hour(expr)
     while True:
-        candidate: datetime = it.get_prev(datetime)
+        candidate: datetime = it.get_next(datetime) if forward else it.get_prev(datetime)
+        # A pinned hour that occurs twice (DST ends) fires once, at its first occurrence.
         if pinned and candidate.fold == 1 and candidate.utcoffset() != candidate.replace(fold=0).utcoffset():
             continue
         ts = candidate.timestamp()
-        if ts < before:
+        if (ts > t) if forward else (ts < t):
             return ts
