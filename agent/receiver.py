@@ -22,6 +22,8 @@ from agent.config.source import Secret
 from agent.delivery.signing import InvalidSignature, verify
 
 _HIDDEN_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+# Set by every HTTP client; shown, they bury the webhook-* headers a reader is looking for.
+_TRANSPORT_HEADERS = frozenset({"accept", "accept-encoding", "connection", "content-length", "host"})
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,8 @@ def render(rec: Received, *, hang: bool = False) -> str:
     answer = "hanging" if hang else str(rec.status)
     lines = [f"── {stamp} {mark} POST {rec.path} → {answer}"]
     for name in sorted(rec.headers):
+        if name in _TRANSPORT_HEADERS:
+            continue
         value = "<hidden>" if name in _HIDDEN_HEADERS else rec.headers[name]
         lines.append(f"   {name}: {value}")
     try:
