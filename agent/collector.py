@@ -183,8 +183,10 @@ class Collector:
                 readings: Sequence[Sample] = await self.driver.read()
                 failure = ""
             except Exception as exc:  # read() should not raise; if it does, report and go on
-                readings = ()
                 failure = f"read failed: {exc!r}"
+                # Bad readings, not silence: derivation must see the machine is not being read.
+                ts = self._wall()
+                readings = [Reading(self.machine_id, t, None, Quality.BAD, ts, failure) for t in self._tags]
             _raise_if_cancelled()
             finished = self._clock()
             lag = start - scheduled

@@ -180,6 +180,7 @@ class Pipeline:
         on_enqueued: Callable[[], None] | None = None,
         on_events: Callable[[Sequence[Event]], None] | None = None,
         snapshot_interval: float = 5.0,
+        max_waiting: int = 100_000,
     ) -> None:
         self._on_events = on_events
         self._outbox = outbox
@@ -189,6 +190,9 @@ class Pipeline:
         self._snapshot_interval = snapshot_interval
         self._throttle = Throttle()
         self._pending: list[NewDelivery] = []
+        self.max_waiting = max_waiting
+        self.refusing = False  # the outbox refused the last write; rows wait in memory
+        self.rejected = 0  # rows given up because even the memory queue was full
         self._dirty: set[str] = set()
         self._journal: dict[str, NewDelivery] = {}
         self._journal_dirty = False
@@ -506,21 +510,46 @@ class Pipeline:
         try:
             await self._outbox.enqueue(batch)
         except (OutboxUnavailable, OutboxFull) as exc:
-            # Never drop: keep the rows (in order, ahead of anything newer) and try again at the next tick.
+            # Keep the rows (in order, ahead of anything newer) and try again at the next tick.
             self._pending = batch + self._pending
-            log.warning(
-                "outbox_refused_rows_kept",
-                waiting=len(self._pending),
-                error=type(exc).__name__,
-                reason=str(exc),
-            )
+            self._hold_back(exc)
             return False
+        if self.refusing:
+            log.warning("outbox_accepting_again", delivered_from_memory=len(batch))
+            self.refusing = False
         for row in batch:
             self._journal.pop(row.message_id, None)
         self._journal_dirty = True
         if self._on_enqueued is not None:
             self._on_enqueued()
         return True
+
+    def _hold_back(self, exc: Exception) -> None:
+        """Rows wait in memory while the outbox refuses; beyond ``max_waiting`` the newest are
+        rejected, counted and logged (the outbox's own ``when_full: reject``), never dropped silently."""
+        excess = len(self._pending) - self.max_waiting
+        if excess > 0:
+            rejected, self._pending = self._pending[-excess:], self._pending[:-excess]
+            for row in rejected:
+                self._journal.pop(row.message_id, None)
+            self.rejected += len(rejected)
+            log.error(
+                "deliveries_rejected",
+                count=len(rejected),
+                rejected_total=self.rejected,
+                waiting=len(self._pending),
+                first_message_id=rejected[0].message_id,
+                reason=str(exc),
+            )
+        if not self.refusing:
+            # Once per episode, not every tick: the condition is also on /readyz and STATUS=.
+            log.error(
+                "outbox_refused_rows_kept",
+                waiting=len(self._pending),
+                error=type(exc).__name__,
+                reason=str(exc),
+            )
+            self.refusing = True
 
     # -- durability of derived state
 

@@ -169,15 +169,22 @@ class Runtime:
         log.info("agent_stopped")
 
     async def _derivers(
-        self, machines: Sequence[MachineConfig], *, after_restart: bool = True
+        self,
+        machines: Sequence[MachineConfig],
+        *,
+        after_restart: bool = True,
+        live: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """New derivers, each restored from ``live[id]`` (a reload: the running deriver's state, which
+        may be ahead of the store) or else from the state store."""
         from agent.derive.machine import MachineDeriver
 
         saved = await self.store.load_all()
         out: dict[str, Any] = {}
         for m in machines:
             d = MachineDeriver(m.derivation, m.ref, self.config.agent.categories)
-            snap = saved.get(m.id)
+            current = live.get(m.id) if live is not None else None
+            snap = current.snapshot() if current is not None else saved.get(m.id)
             if snap is not None:
                 try:
                     d.restore(snap, after_restart=after_restart)
@@ -301,6 +308,10 @@ class Runtime:
             reasons.append("outbox cannot be written (disk full or I/O error); new deliveries wait in memory")
         if self.pipeline is not None and self.pipeline.pending:
             reasons.append(f"{self.pipeline.pending} deliveries waiting in memory: the outbox refuses writes")
+        if self.pipeline is not None and self.pipeline.rejected:
+            reasons.append(
+                f"{self.pipeline.rejected} deliveries rejected since start: outbox and memory full"
+            )
         c = self._outbox_counts
         if c is not None and c.pending and (c.oldest_pending_age or 0.0) > 600:
             reasons.append(f"outbox not draining: oldest pending delivery is {c.oldest_pending_age:.0f}s old")
@@ -374,20 +385,31 @@ class Runtime:
         removed = [mid for mid in old if mid not in fresh]
         added = [mid for mid in fresh if mid not in old]
         changed = [mid for mid in fresh if mid in old and fresh[mid] != old[mid]]
-        for mid in removed + changed:
-            await self._stop_machine(mid)
-        await self.pipeline.save_snapshots()
-        derivers = dict(self.pipeline.derivers)
-        for mid in removed:
-            derivers.pop(mid, None)
-        rebuilt = await self._derivers([fresh[mid] for mid in added + changed], after_restart=False)
-        derivers.update(rebuilt)
-        self.config = new
-        self.pipeline.set_machines({m.id: m.ref for m in new.machines}, derivers)
-        self.pipeline.set_workflows(new.workflows)
-        self.dispatcher.set_endpoints(endpoints_of(new))
-        for mid in added + changed:
-            self._start_machine(fresh[mid])
+        previous = self.config
+        try:
+            # Stopped first so a changed machine's live state is final when its new deriver takes it
+            # over; on any failure below, the finally clause starts every configured machine again.
+            for mid in removed + changed:
+                await self._stop_machine(mid)
+            self.config = new  # new derivers take the new plant categories
+            rebuilt = await self._derivers(
+                [fresh[mid] for mid in added + changed], after_restart=False, live=self.pipeline.derivers
+            )
+            derivers = {mid: d for mid, d in self.pipeline.derivers.items() if mid in fresh}
+            derivers.update(rebuilt)
+            self.pipeline.set_machines({m.id: m.ref for m in new.machines}, derivers)
+            self.pipeline.set_workflows(new.workflows)
+            self.dispatcher.set_endpoints(endpoints_of(new))
+        except Exception as exc:
+            log.error("reload_failed", error=repr(exc), exc_info=True)
+            self.config = previous
+            self.last_reload = {"ok": False, "errors": [f"reload failed: {exc!r}"], "at": self.clock()}
+            return self.last_reload
+        finally:
+            # Whatever happened above, every configured machine is collecting afterwards.
+            for m in self.config.machines:
+                if m.id not in self.machines:
+                    self._start_machine(m)
         self.last_reload = {
             "ok": True,
             "added": added,

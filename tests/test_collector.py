@@ -198,3 +198,31 @@ async def test_a_failing_sink_does_not_stop_collection(sim: ModbusSimulator) -> 
         await asyncio.gather(task, return_exceptions=True)
     assert calls[:3] == [20, 20, 20]
     assert collector.stats.errors >= 3
+
+
+class BrokenReadDriver(ModbusDriver):
+    """The real driver whose decoding hits a bug: ``read`` raises although it never should."""
+
+    async def read(self) -> list[Reading]:
+        await super().read()
+        raise ValueError("decoder bug")
+
+
+async def test_a_read_that_raises_becomes_bad_readings_not_silence(sim: ModbusSimulator) -> None:
+    # Silence would freeze the machine's last status; BAD readings let derivation see the problem.
+    config = modbus_config(
+        f"modbus: {{host: 127.0.0.1, port: {sim.port}, unit: 3}}\ntags:\n  r0: {{table: holding, address: 0}}",
+        machine_id="m3",
+    )
+    recorder = Recorder()
+    collector = Collector(BrokenReadDriver(config, links=LinkPool()), poll_interval=0.05, sink=recorder)
+    task = asyncio.create_task(collector.run())
+    try:
+        await wait_until(lambda: recorder.count(Quality.BAD) >= 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    bad = next(batch for batch in recorder.batches if batch)
+    assert [(r.tag, r.value, r.quality) for r in bad] == [("r0", None, Quality.BAD)]
+    assert bad[0].reason is not None and "decoder bug" in bad[0].reason
+    assert collector.stats.errors >= 2

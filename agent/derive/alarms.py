@@ -81,6 +81,8 @@ def _code_of(value: Any) -> str | None:
     """The register's code as text, ``None`` for "no alarm" (0, empty) or an unusable value."""
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # a scaled float register can read NaN/inf; it names no alarm
     if isinstance(value, int | float):
         return None if value == 0 else str(int(value))
     if isinstance(value, str):

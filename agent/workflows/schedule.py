@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 
 def check_cron(expr: str) -> str:
@@ -21,6 +21,12 @@ def check_cron(expr: str) -> str:
     if len(expr.split()) != 5:
         # Six fields would mean seconds to croniter; plant schedules are minute-grained.
         raise ValueError(f"expected 5 cron fields (minute hour day month weekday), got {expr!r}")
+    try:
+        # Valid syntax can still name a day that never comes (30 February): find that now, not at
+        # start-up of the daemon or in the middle of a reload.
+        next_fire(expr, "UTC", 0.0)
+    except CroniterError as exc:
+        raise ValueError(f"cron expression {expr!r} never fires: {exc}") from exc
     return expr
 
 

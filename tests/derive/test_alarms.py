@@ -399,3 +399,14 @@ def test_restore_mid_grace_neither_loses_nor_duplicates(
         assert rows[: len(expected)] == expected
         assert [r[0] for r in rows[len(expected) :]] in ([], [CLEAR])  # only the final 0 may clear it
         assert len([r for r in rows if r[0] == TRIG]) == 1
+
+
+@pytest.mark.parametrize("unusable", [float("nan"), float("inf"), float("-inf")])
+def test_an_unusable_float_in_the_code_register_names_no_alarm_and_derivation_goes_on(
+    unusable: float,
+) -> None:
+    d = started()
+    out = d.ingest(good(T0 + 10, alarm_code=unusable, alarm_severity=0, alarm_count=0), T0 + 10)
+    out += d.ingest(good(T0 + 11, alarm_code=1001, alarm_severity=800, alarm_count=1), T0 + 11)
+    out += d.tick(T0 + 20)  # past any event grace: the register's code is raised by now
+    assert alarm_log(out) == [(ALARM_TRIGGERED, "1001", None)]

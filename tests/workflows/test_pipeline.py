@@ -411,6 +411,31 @@ async def test_refused_rows_wait_in_memory_and_are_enqueued_later(tmp_path: Path
     assert [r.message_id for r in rows] == list(held.message_ids)
 
 
+async def test_rows_beyond_the_memory_limit_are_rejected_and_counted_not_dropped_silently(
+    tmp_path: Path,
+) -> None:
+    flows = workflows_from(
+        tmp_path,
+        {"qa": "name: QA\ntrigger: {type: manual}\n" + hook("http://127.0.0.1:9/qa")},
+    )
+    rig = await make_rig(tmp_path, flows, past_clock(), dispatch=False)
+    rig.pipeline.max_waiting = 2
+    try:
+        pages = await rig.outbox.set_page_limit(1)  # the disk-full drill
+        await rig.outbox.set_page_limit(max(pages, 1))
+        fired = [await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000) for _ in range(3)]
+        waiting, rejected, refusing = rig.pipeline.pending, rig.pipeline.rejected, rig.pipeline.refusing
+        await rig.outbox.set_page_limit(1_000_000)
+        await rig.pipeline.tick()
+        rows = (await rig.outbox.list()).items
+    finally:
+        await rig.close()
+    assert (waiting, rejected, refusing) == (2, 1, True)
+    # The two oldest waited and reached the outbox; the newest was the one rejected.
+    assert sorted(r.message_id for r in rows) == sorted(m for f in fired[:2] for m in f.message_ids)
+    assert rig.pipeline.refusing is False
+
+
 async def test_schedule_and_derived_state_survive_a_restart(tmp_path: Path) -> None:
     flows = workflows_from(
         tmp_path,

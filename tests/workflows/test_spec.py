@@ -119,6 +119,7 @@ def test_missing_pieces_are_named() -> None:
     [
         ("{type: sometimes}", "trigger.type: unknown value 'sometimes'"),
         ("{type: scheduled, cron: 'every day'}", "trigger.cron: not a valid 5-field cron expression"),
+        ("{type: scheduled, cron: '0 0 30 2 *'}", "trigger.cron: cron expression '0 0 30 2 *' never fires"),
         ("{type: scheduled, cron: '0 23 * * *', timezone: Mars/Base}", "trigger.timezone: unknown time zone"),
         ("{type: downtime_exceeded}", "needs after"),
         ("{type: downtime_exceeded, after: 30m, minutes: 30}", "trigger.minutes: give either after"),
