@@ -103,7 +103,10 @@ class ApiClient:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ApiRequestError(
-                0, "unreachable", f"cannot reach the agent at {self._base}: {exc or type(exc).__name__}"
+                0,
+                "unreachable",
+                f"cannot reach the agent at {self._base}: {exc or type(exc).__name__} "
+                "(is it running? systemctl status edge-agent; is api.bind in agent.yaml the right address?)",
             ) from None
         try:
             data = json.loads(text) if text else None
