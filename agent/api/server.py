@@ -46,6 +46,8 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 MAX_TEXT = 2000
+# Query integers (cursor, limit): 18 digits always fit SQLite's signed 64-bit INTEGER.
+MAX_DIGITS = 18
 
 
 class ApiError(web.HTTPException):
@@ -153,19 +155,30 @@ def _operator(data: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _small_int(raw: str) -> int | None:
+    """A non-negative integer of ASCII digits that fits SQLite's 64-bit INTEGER, else ``None``.
+
+    ``str.isdigit`` alone accepts "²" or "١" and any length: int() then raises, or SQLite overflows.
+    """
+    if not raw or len(raw) > MAX_DIGITS or not (raw.isascii() and raw.isdigit()):
+        return None
+    return int(raw)
+
+
 def _paging(request: web.Request) -> tuple[int, int | None]:
     raw_limit = request.query.get("limit")
     limit = DEFAULT_LIMIT
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        value = _small_int(raw_limit)
+        if value is None or not 1 <= value <= MAX_LIMIT:
             raise ApiError(422, "invalid_field", f"limit must be an integer 1-{MAX_LIMIT}", "limit")
-        limit = int(raw_limit)
+        limit = value
     raw_cursor = request.query.get("cursor")
     cursor = None
     if raw_cursor:
-        if not raw_cursor.isdigit():
+        cursor = _small_int(raw_cursor)
+        if cursor is None:
             raise ApiError(422, "invalid_field", "cursor must be a value from next_cursor", "cursor")
-        cursor = int(raw_cursor)
     return limit, cursor
 
 

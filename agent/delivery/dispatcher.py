@@ -263,16 +263,22 @@ class Dispatcher:
             await self._record(record)
         except asyncio.CancelledError:
             ep.in_flight -= 1
+            ep.breaker.finished()
             raise
         except Exception as exc:  # a bug must not leave the row in flight forever
             ep.in_flight -= 1
+            # Nor the breaker waiting for a probe result that will never come.
+            ep.breaker.finished()
             log.exception("delivery.internal_error", id=row.id, endpoint=key, error=str(exc))
             with contextlib.suppress(OutboxError):
                 await self.outbox.release([row.id], f"internal error: {type(exc).__name__}")
             self.wake()
             return
         ep.in_flight -= 1
-        self._after(key, cfg, ep, row, record, result)
+        try:
+            self._after(key, cfg, ep, row, record, result)
+        finally:
+            ep.breaker.finished()
         if result.outcome is Outcome.GONE:
             try:
                 await self.outbox.disable_endpoint(cfg.url, self._disabled[cfg.url])

@@ -34,8 +34,10 @@ from agent.delivery.settings import OutboxConfig
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 RESPONSE_KEEP = 1024
+# Rows deleted per prune transaction: each is short, so enqueues queued meanwhile commit in between.
+PRUNE_BATCH = 1000
 # Rough per-row cost beyond the body (columns, index entries), for the size check before a write.
 ROW_OVERHEAD = 256
 _FINISHED = (DELIVERED, CANCELLED)
@@ -89,6 +91,13 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     DELETE FROM deliveries WHERE id NOT IN (SELECT MIN(id) FROM deliveries GROUP BY message_id);
     CREATE UNIQUE INDEX deliveries_message ON deliveries(message_id);
+    """,
+    # v3: maintenance without full scans. prune() finds old finished rows by (state, updated_at);
+    # counts() counts states on that index (covering) and finds the oldest unfinished row on a small
+    # partial index instead of reading every row.
+    """
+    CREATE INDEX deliveries_state_updated ON deliveries(state, updated_at);
+    CREATE INDEX deliveries_active_created ON deliveries(created_at) WHERE state IN ('pending', 'in_flight');
     """,
 )
 
@@ -656,7 +665,8 @@ class Outbox:
             )
         # Drop the oldest finished history in one go, a tenth of the limit, so this is rare.
         chunk = max(rows, self.config.max_rows // 10)
-        sel = "SELECT id FROM deliveries WHERE state IN ('delivered', 'cancelled') ORDER BY id LIMIT ?"
+        # ``+state``: walk rows in id order and stop at the limit rather than sort every finished row.
+        sel = "SELECT id FROM deliveries WHERE +state IN ('delivered', 'cancelled') ORDER BY id LIMIT ?"
         log.warning("outbox.dropping_history", rows=chunk)
         return [
             (f"DELETE FROM attempts WHERE delivery_id IN ({sel})", [(chunk,)]),
@@ -803,7 +813,8 @@ class Outbox:
         await self._submit(
             [
                 (
-                    "UPDATE deliveries SET last_error = ? WHERE state = 'pending' AND endpoint = ? "
+                    "UPDATE deliveries INDEXED BY deliveries_due SET last_error = ? "
+                    "WHERE state = 'pending' AND endpoint = ? "
                     "AND coalesce(last_error, '') != ?",
                     [(error, endpoint, error)],
                 )
@@ -828,20 +839,31 @@ class Outbox:
         rows = await self._r.execute_fetchall("SELECT url, reason FROM endpoint_state")
         return {str(u): str(r) for u, r in rows}
 
-    async def prune(self) -> int:
-        """Delete delivered/cancelled rows older than ``keep_delivered`` (and their attempts)."""
+    async def prune(self, batch: int = PRUNE_BATCH) -> int:
+        """Delete delivered/cancelled rows older than ``keep_delivered`` (and their attempts), at most
+        ``batch`` rows per transaction so the writer is never held for long."""
         cutoff = self.clock() - self.config.keep_delivered
-        sel = "SELECT id FROM deliveries WHERE state IN ('delivered', 'cancelled') AND updated_at < ?"
-        res = await self._submit(
-            [
-                (f"DELETE FROM attempts WHERE delivery_id IN ({sel})", [(cutoff,)]),
-                (f"DELETE FROM deliveries WHERE id IN ({sel})", [(cutoff,)]),
-            ]
+        # Both statements run in one transaction over the same unchanged rows, so the same LIMITed
+        # selection picks the same ids for attempts and deliveries.
+        sel = (
+            "SELECT id FROM deliveries INDEXED BY deliveries_state_updated "
+            "WHERE state IN ('delivered', 'cancelled') AND updated_at < ? LIMIT ?"
         )
+        total = 0
+        while True:
+            res = await self._submit(
+                [
+                    (f"DELETE FROM attempts WHERE delivery_id IN ({sel})", [(cutoff, batch)]),
+                    (f"DELETE FROM deliveries WHERE id IN ({sel})", [(cutoff, batch)]),
+                ]
+            )
+            total += res[1]
+            if res[1] < batch:
+                break
         await self._load_counts()
-        if res[1]:
-            log.info("outbox.pruned", rows=res[1])
-        return res[1]
+        if total:
+            log.info("outbox.pruned", rows=total)
+        return total
 
     async def set_page_limit(self, pages: int) -> int:
         """``PRAGMA max_page_count`` on the writer (the disk-full drill); returns the effective limit."""
@@ -885,7 +907,9 @@ class Outbox:
         if state is not None:
             if state not in STATES:
                 raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
-            where.append("state = ?")
+            # ``+state``: newest-first pages walk ids and stop at the limit; the state index would
+            # make SQLite sort every row in that state first.
+            where.append("+state = ?")
             args.append(state)
         if workflow is not None:
             where.append("workflow = ?")
@@ -1003,10 +1027,13 @@ class Outbox:
     async def counts(self) -> OutboxCounts:
         rows = await self._r.execute_fetchall("SELECT state, count(*) FROM deliveries GROUP BY state")
         by = {str(s): int(n) for s, n in rows}
-        oldest = await self._r.execute_fetchall(
-            "SELECT min(created_at) FROM deliveries WHERE state IN ('pending', 'in_flight')"
+        oldest = list(
+            await self._r.execute_fetchall(
+                "SELECT created_at FROM deliveries INDEXED BY deliveries_active_created "
+                "WHERE state IN ('pending', 'in_flight') ORDER BY created_at LIMIT 1"
+            )
         )
-        first = next(iter(oldest))[0]
+        first = oldest[0][0] if oldest else None
         await self._refresh_used_bytes()
         return OutboxCounts(
             pending=by.get(PENDING, 0),

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from agent.delivery.settings import BreakerConfig, DeliveryConfig
 
-# A throttled endpoint without Retry-After waits at least this long: rate limits are not failures.
+# A throttled endpoint waits at least this long, whatever Retry-After says: throttled attempts do not
+# use the attempt budget, so a "Retry-After: 0" (or a past date) would otherwise be a tight loop.
 MIN_THROTTLE_DELAY = 5.0
 
 PENDING = "pending"
@@ -115,8 +116,8 @@ def decide(
             return Decision(DEAD, now, attempts, throttled + 1)
         wait = result.retry_after
         if wait is None:
-            wait = max(MIN_THROTTLE_DELAY, schedule_delay(config, max(attempts, 1), rand))
-        wait = min(wait, config.retry_after_max)
+            wait = schedule_delay(config, max(attempts, 1), rand)
+        wait = max(min(wait, config.retry_after_max), MIN_THROTTLE_DELAY)
         return Decision(PENDING, now + wait, attempts, throttled + 1, pause_endpoint_until=now + wait)
     done = attempts + 1
     if done >= config.max_attempts or expired:
@@ -131,6 +132,8 @@ class CircuitBreaker:
     """Closed → (``failures`` consecutive failures) → open for ``cooldown`` → one probe at a time.
 
     A failed probe re-opens with a doubled cooldown (up to ``max_cooldown``); a success closes it.
+    Any other end of a probe (throttled, 410, internal error, cancelled) leaves it open but lets the
+    next probe go once the cooldown/pause allows: the caller reports every end through ``finished``.
     """
 
     def __init__(self, config: BreakerConfig) -> None:
@@ -153,7 +156,8 @@ class CircuitBreaker:
             self.paused_until = None
         if self.open_until is None:
             return max(0, limit - in_flight)
-        if now < self.open_until or self.probing or in_flight:
+        # ``in_flight`` (not ``probing``) keeps it to one probe: it always drops when a request ends.
+        if now < self.open_until or in_flight:
             return 0
         return 1
 
@@ -165,6 +169,10 @@ class CircuitBreaker:
     def started(self) -> None:
         if self.open_until is not None:
             self.probing = True
+
+    def finished(self) -> None:
+        """A request ended, however it ended (after ``success``/``failure`` if it had a result)."""
+        self.probing = False
 
     def pause(self, until: float) -> None:
         self.paused_until = max(until, self.paused_until or until)

@@ -151,7 +151,8 @@ def parse_delivery(section: Section) -> DeliveryConfig:
         concurrency=section.get("concurrency", in_range(as_int, lo=1, hi=256), d.concurrency),
         breaker=breaker,
         max_response_size=section.get("max_response_size", in_range(as_size, lo=1024), d.max_response_size),
-        retry_after_max=section.get("retry_after_max", as_duration, d.retry_after_max),
+        # Below 1 s a throttling receiver ("Retry-After: 0") would be hammered in a tight loop.
+        retry_after_max=section.get("retry_after_max", in_range(as_duration, lo=1), d.retry_after_max),
         ca_file=ca_file,
     )
     section.done()

@@ -348,6 +348,28 @@ async def test_machines_downtimes_workflows_and_executions(api: Api) -> None:
     assert (status, data["error"]["field"]) == (422, "limit")
 
 
+async def test_bad_paging_numbers_are_422_naming_the_field(api: Api) -> None:
+    bad = [
+        "99999999999999999999",  # 20 digits: past SQLite's 64-bit INTEGER
+        "9" * 5000,  # past Python's int() digit limit
+        "\u00b2",  # superscript two: isdigit() but not int()
+        "\u0661\u0662",  # Arabic-Indic digits: not ASCII
+        "-1",
+        "1e3",
+        " 5",
+    ]
+    for path in ("/api/v1/executions", "/api/v1/workflows", "/api/v1/machines", "/api/v1/downtimes"):
+        for field in ("cursor", "limit"):
+            for value in bad:
+                status, data, _ = await api.call("GET", path, params={field: value})
+                assert (status, data["error"]["field"]) == (422, field), (path, field, value[:20])
+        status, data, _ = await api.call("GET", path, params={"limit": "1001"})
+        assert (status, data["error"]["field"]) == (422, "limit")
+    # The largest accepted cursor is still a number SQLite can compare.
+    status, data, _ = await api.call("GET", "/api/v1/executions", params={"cursor": "9" * 18, "limit": "1"})
+    assert status == 200 and data["next_cursor"] is None
+
+
 # -- the CLI against the running API
 
 

@@ -388,3 +388,43 @@ async def test_results_are_reported_for_metrics(
     finally:
         await d.stop()
     assert seen == [("wf#0", "retry", None), ("wf#0", "delivered", 5.0)]
+
+
+async def test_a_throttled_probe_does_not_leave_the_breaker_stuck(
+    outbox: Outbox, receiver: Receiver, secret: str, clock: FakeClock, dispatchers: list[Dispatcher]
+) -> None:
+    receiver.reply(500, times=2)
+    receiver.reply(503, headers={"Retry-After": "60"})
+    cfg = delivery_config(
+        retry_schedule=(0, 5), max_attempts=50, breaker=BreakerConfig(failures=2, cooldown=30)
+    )
+    d = await start(dispatchers, outbox, {"wf#0": endpoint("wf#0", receiver.url, secret)}, clock, cfg)
+    await outbox.enqueue([delivery(i) for i in range(3)])
+    d.wake()
+    await run_until(clock, d, T0 + 300)
+    sent = [(r.status, int(r.headers["webhook-timestamp"]) - int(T0)) for r in receiver.received]
+    # Two 500s open the breaker; the probe at +35 is throttled for 60 s; the next probe succeeds.
+    assert sent == [(500, 0), (500, 5), (503, 35), (200, 95), (200, 95), (200, 95)]
+    c = await outbox.counts()
+    assert (c.delivered, c.pending, c.in_flight) == (3, 0, 0)
+
+
+async def test_retry_after_zero_still_waits_the_minimum(
+    outbox: Outbox, receiver: Receiver, secret: str, clock: FakeClock, dispatchers: list[Dispatcher]
+) -> None:
+    receiver.reply(429, headers={"Retry-After": "0"})
+    d = await start(
+        dispatchers, outbox, {"wf#0": endpoint("wf#0", receiver.url, secret)}, clock, delivery_config()
+    )
+    await outbox.enqueue([delivery(1)])
+    d.wake()
+    await clock.settled(d)
+    detail = await outbox.get(1)
+    assert detail is not None and detail.summary.due_at == T0 + 5
+    await run_until(clock, d, T0 + 4.9)
+    assert len(receiver.received) == 1
+    await run_until(clock, d, T0 + 5)
+    await receiver.wait_for(2)
+    await clock.settled(d)
+    assert int(receiver.received[1].headers["webhook-timestamp"]) == T0 + 5
+    assert (await outbox.counts()).delivered == 1

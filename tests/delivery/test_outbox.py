@@ -21,8 +21,11 @@ def raw(path: Path) -> sqlite3.Connection:
 
 async def test_schema_is_versioned_wal_and_full_sync(outbox: Outbox) -> None:
     with raw(outbox.path) as c:
+        assert SCHEMA_VERSION == 3
         assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        indexes = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"deliveries_state_updated", "deliveries_active_created"} <= indexes
     rows = await outbox._w.execute_fetchall("PRAGMA synchronous")
     assert next(iter(rows))[0] == 2  # FULL
 
@@ -65,6 +68,37 @@ async def test_version_1_outbox_is_migrated_keeping_the_first_of_duplicate_messa
     with raw(path) as c:
         assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert c.execute("SELECT body FROM deliveries").fetchall() == [(b"first",)]
+
+
+async def test_version_2_outbox_gains_the_maintenance_indexes(tmp_path: Path, clock: FakeClock) -> None:
+    from agent.delivery import outbox as outbox_module
+
+    path = tmp_path / "v2.sqlite3"
+    with raw(path) as c:
+        c.executescript(outbox_module._MIGRATIONS[0] + ";" + outbox_module._MIGRATIONS[1])
+        c.execute("PRAGMA user_version = 2")
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    await box.enqueue([delivery(1)])
+    assert (await box.counts()).oldest_pending_age == 0
+    await box.close()
+    with raw(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 3
+
+        def plan(sql: str) -> str:
+            return " ".join(r[3] for r in c.execute("EXPLAIN QUERY PLAN " + sql))
+
+        # What prune and counts ask must be answered from an index, not by reading every row.
+        prune_plan = plan(
+            "SELECT id FROM deliveries WHERE state IN ('delivered', 'cancelled') AND updated_at < 5 LIMIT 9"
+        )
+        assert "deliveries_state_updated (state=? AND updated_at<?)" in prune_plan
+        assert "USING COVERING INDEX deliveries_state_updated" in plan(
+            "SELECT state, count(*) FROM deliveries GROUP BY state"
+        )
+        assert "deliveries_active_created" in plan(
+            "SELECT created_at FROM deliveries INDEXED BY deliveries_active_created "
+            "WHERE state IN ('pending', 'in_flight') ORDER BY created_at LIMIT 1"
+        )
 
 
 async def test_concurrent_enqueues_share_transactions(outbox: Outbox) -> None:
@@ -202,6 +236,34 @@ async def test_prune_removes_old_delivered_history(tmp_path: Path, clock: FakeCl
     assert await box.prune() == 1
     c = await box.counts()
     assert (c.delivered, c.pending) == (0, 1)
+    await box.close()
+
+
+async def test_prune_deletes_in_batches_and_lets_enqueues_in_between(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    box = await Outbox.open(tmp_path / "o.sqlite3", OutboxConfig(keep_delivered=3600), clock=clock)
+    await box.enqueue([delivery(i) for i in range(1, 31)])
+    done = list(range(1, 26))
+    await box.claim(done)
+    await box.record(
+        [
+            AttemptRecord(i, clock.now, 200, 0.01, None, None, b"", Decision("delivered", clock.now, 1, 0))
+            for i in done
+        ]
+    )
+    clock.advance(3601)
+    before = box.stats.committed_batches
+    pruning = asyncio.create_task(box.prune(batch=2))
+    await asyncio.sleep(0)  # prune's first batch is queued ahead of the enqueue
+    await box.enqueue([delivery(99)])
+    assert not pruning.done()  # the enqueue committed between prune batches, not after all of them
+    assert await pruning == 25
+    assert box.stats.committed_batches - before >= 13  # 25 rows, 2 per transaction
+    c = await box.counts()
+    assert (c.delivered, c.pending) == (0, 6)
+    with raw(box.path) as conn:
+        assert conn.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
     await box.close()
 
 

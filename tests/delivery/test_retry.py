@@ -155,3 +155,36 @@ def test_breaker_pause_blocks_until_time() -> None:
     b.pause(NOW + 10)
     assert b.allowance(NOW, 0, 2) == 0 and b.wake_at(NOW) == NOW + 10
     assert b.allowance(NOW + 10, 0, 2) == 2
+
+
+def test_throttle_waits_at_least_the_minimum_whatever_retry_after_says() -> None:
+    past = format_datetime(datetime.fromtimestamp(NOW - 600, UTC), usegmt=True)
+    for header in ("0", past):
+        result = classify(429, {"Retry-After": header}, NOW)
+        assert result.retry_after == 0.0
+        d = decide(CFG, result, attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0.5)
+        assert (d.state, d.due_at, d.pause_endpoint_until) == (PENDING, NOW + 5, NOW + 5)
+    short = DeliveryConfig(jitter=0.0, retry_after_max=1.0)
+    d = decide(
+        short, Classified(Outcome.THROTTLED, 0.0), attempts=0, throttled=0, age_base=NOW, now=NOW, rand=0
+    )
+    assert d.due_at == NOW + 5
+
+
+def test_breaker_lets_the_next_probe_go_after_a_probe_ended_without_a_verdict() -> None:
+    b = CircuitBreaker(BreakerConfig(failures=2, cooldown=30, max_cooldown=100))
+    b.failure(NOW)
+    b.failure(NOW)
+    assert b.allowance(NOW + 30, 0, 4) == 1
+    b.started()  # the probe gets 429/503, 410, an internal error or is cancelled: no success/failure
+    b.pause(NOW + 90)
+    b.finished()
+    assert b.allowance(NOW + 60, 0, 4) == 0 and b.wake_at(NOW + 60) == NOW + 90
+    assert b.allowance(NOW + 90, 0, 4) == 1  # still open: one probe, not the full limit
+    b.started()
+    b.finished()
+    assert b.allowance(NOW + 91, 0, 4) == 1
+    b.started()
+    b.success()
+    b.finished()
+    assert not b.is_open and b.allowance(NOW + 92, 0, 4) == 4

@@ -114,3 +114,12 @@ def test_github_mode_accepts_any_secret_but_only_one() -> None:
     top, problems = section("webhook: {url: 'http://127.0.0.1/gh', secret: plain-words, signature: github}\n")
     ep = parse_webhook(top.sub("webhook"), "wf#0", DeliveryConfig())
     assert not problems and ep.signature == "github"
+
+
+def test_retry_after_max_must_be_at_least_a_second() -> None:
+    top, problems = section("delivery:\n  retry_after_max: 0s\n")
+    parse_delivery(top.sub("delivery"))
+    text = "\n".join(str(p) for p in problems.items)
+    assert "delivery.retry_after_max" in text and "at least 1" in text
+    top, problems = section("delivery:\n  retry_after_max: 2s\n")
+    assert parse_delivery(top.sub("delivery")).retry_after_max == 2 and not problems
