@@ -200,6 +200,8 @@ class Pipeline:
         # the journal, so it waits.
         self._unplanned: Counter[str] = Counter()
         self._saving: asyncio.Event | None = None
+        self._save_all = False  # a waiting write must take every changed machine
+        self._save_some: set[str] = set()  # ... or at least these
         self._save_asked = 0
         self._save_done = 0
         self._last_save = clock()
@@ -485,7 +487,7 @@ class Pipeline:
             self._journal.update((r.message_id, r) for r in plan.rows)
             self._journal_dirty = True
             # State and the rows it produced become durable together, before the outbox sees them.
-            await self.save_snapshots(now)
+            await self.save_snapshots(now, {e.machine.id for e in events if e.machine is not None})
         durable = await self._enqueue(plan.rows)
         executions = [e if durable else _not_durable(e) for e in plan.executions]
         for ex in executions:
@@ -553,13 +555,18 @@ class Pipeline:
 
     # -- durability of derived state
 
-    async def save_snapshots(self, now: float | None = None) -> None:
-        """Write the snapshots of machines whose state changed and the journal, in one transaction.
+    async def save_snapshots(self, now: float | None = None, machines: Iterable[str] | None = None) -> None:
+        """Write the journal and the snapshots of changed machines (only ``machines`` when given: a
+        firing saves the machines it fired for, the periodic save takes the rest) in one transaction.
 
         Concurrent callers share one write: each returns once a write that began after its call
         has finished (group commit, as in the outbox)."""
         if self._store is None:
             return
+        if machines is None:
+            self._save_all = True
+        else:
+            self._save_some.update(machines)
         self._save_asked += 1
         ticket = self._save_asked
         while self._save_done < ticket:
@@ -583,9 +590,16 @@ class Pipeline:
             # The outbox refuses rows and they wait in memory: keep the stored state behind them (a
             # restart derives them again) rather than rewrite an ever longer journal on every save.
             return
-        dirty = {mid for mid in self._dirty if mid not in self._unplanned}
+        save_all, self._save_all = self._save_all, False
+        some, self._save_some = self._save_some, set()
+        # Every poll marks its machine changed; writing all of them for each firing would make a
+        # burst of firings rewrite every machine's snapshot again and again.
+        wanted = self._dirty if save_all else self._dirty & some
+        dirty = {mid for mid in wanted if mid not in self._unplanned}
         journal = self._journal_dirty
         if not dirty and not journal:
+            if save_all:
+                self._last_save = self._clock() if now is None else now
             return
         self._dirty -= dirty
         self._journal_dirty = False
@@ -600,9 +614,13 @@ class Pipeline:
             # Derived state is a convenience across restarts; delivery goes on. Try again next time.
             self._dirty |= dirty
             self._journal_dirty = self._journal_dirty or journal
+            self._save_all = self._save_all or save_all
+            self._save_some |= some
             log.error("derived_state_not_saved", machines=len(snapshots), error=str(exc))
             return
-        self._last_save = self._clock() if now is None else now
+        if save_all:
+            # Only a full save resets the periodic timer, so firings cannot starve the other machines.
+            self._last_save = self._clock() if now is None else now
 
     async def _save_schedules(self) -> None:
         if self._store is None:
