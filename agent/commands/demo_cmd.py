@@ -1,8 +1,8 @@
 """``edge-agent demo`` (``make demo``): simulators + the agent + a verifying receiver, on 127.0.0.1.
 
 The shipped ``config/`` is copied to a temporary directory, pointed at free local ports, given fresh
-secrets and two demo-speed workflows (a scheduled sync every minute, a downtime alert after one
-minute), then the real daemon runs it as a separate process. The receiver runs here and prints
+secrets and three demo workflows (a scheduled sync every minute, a downtime alert after one
+minute, a log of every downtime as it starts), then the real daemon runs it as a separate process. The receiver runs here and prints
 every delivery with its signature verdict.
 """
 
@@ -31,6 +31,13 @@ name: Demo production sync (every minute)
 trigger: {type: scheduled, cron: "* * * * *", timezone: UTC}
 actions:
   - webhook: {url: "http://127.0.0.1:8090/production-demo", secret_env: DEMO_WEBHOOK_SECRET}
+""",
+    "demo-downtime-log.yaml": """\
+# Every downtime as it starts and ends (beyond the seed's triggers), e.g. for an ERP downtime log.
+name: Demo downtime log
+trigger: {type: downtime_started}
+actions:
+  - webhook: {url: "http://127.0.0.1:8090/downtime-demo", secret_env: DEMO_WEBHOOK_SECRET}
 """,
     "demo-downtime-1min.yaml": """\
 # Demo speed version of seed example 2: a downtime longer than one minute instead of thirty.

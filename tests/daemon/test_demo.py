@@ -42,10 +42,11 @@ async def test_demo_shows_every_kind_of_event_with_valid_signatures() -> None:
     events = summary["events"]
     # config/workflows: "Machine stopped" (ACTIVE -> IDLE/ALARM), "Critical alarm" (1001), the
     # categorized downtime "Maintenance alert" (rule alarm_code 1001), the demo's minute sync and the
-    # demo's manual "Quality inspection" trigger. No shipped workflow fires on downtime_started.
+    # demo's manual "Quality inspection" trigger, and the demo's downtime log (downtime_started).
     for expected in (
         "machine_status_changed",
         "alarm_triggered",
+        "downtime_started",
         "downtime_categorized",
         "scheduled",
         "manual_trigger",
