@@ -40,6 +40,7 @@ RESPONSE_KEEP = 1024
 PRUNE_BATCH = 1000
 # Rough per-row cost beyond the body (columns, index entries), for the size check before a write.
 ROW_OVERHEAD = 256
+MAKE_ROOM_MAX = 5000
 _FINISHED = (DELIVERED, CANCELLED)
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -663,8 +664,9 @@ class Outbox:
                 f"outbox {self.path} is full ({self._rows} rows, {self._used_bytes} bytes; limits "
                 f"{self.config.max_rows} rows, {self.config.max_size} bytes)"
             )
-        # Drop the oldest finished history in one go, a tenth of the limit, so this is rare.
-        chunk = max(rows, self.config.max_rows // 10)
+        # Drop the oldest finished history: a tenth of the limit so this is rare, but never more than
+        # a few thousand rows, since it runs inside the enqueue transaction and stalls every writer.
+        chunk = max(rows, min(self.config.max_rows // 10, MAKE_ROOM_MAX))
         # ``+state``: walk rows in id order and stop at the limit rather than sort every finished row.
         sel = "SELECT id FROM deliveries WHERE +state IN ('delivered', 'cancelled') ORDER BY id LIMIT ?"
         log.warning("outbox.dropping_history", rows=chunk)
