@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.delivery.outbox import SCHEMA_VERSION, AttemptRecord, Outbox, OutboxFull, OutboxUnavailable
+from agent.delivery.outbox import SCHEMA_VERSION, AttemptRecord, Outbox, OutboxFull, OutboxUnavailable, checksum
 from agent.delivery.retry import Decision
 from agent.delivery.settings import OutboxConfig
 
@@ -49,11 +49,11 @@ async def test_a_message_id_is_accepted_once(outbox: Outbox) -> None:
 async def test_version_1_outbox_is_migrated_keeping_the_first_of_duplicate_messages(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    from agent.delivery import outbox as outbox_module
+    from agent.delivery.outbox import schema as outbox_module
 
     path = tmp_path / "v1.sqlite3"
     with raw(path) as c:
-        c.executescript(outbox_module._MIGRATIONS[0])
+        c.executescript(outbox_module.MIGRATIONS[0])
         c.execute("PRAGMA user_version = 1")
         for body in (b"first", b"second"):
             c.execute(
@@ -61,7 +61,7 @@ async def test_version_1_outbox_is_migrated_keeping_the_first_of_duplicate_messa
                 " checksum, created_at, age_base, due_at, state, updated_at)"
                 " VALUES ('msg_dup', 'wf#0', 'http://127.0.0.1:1/', 'wf', 'scheduled', 'e1', ?, ?, 0, 0, 0,"
                 " 'pending', 0)",
-                (body, outbox_module.checksum(body)),
+                (body, checksum(body)),
             )
     box = await Outbox.open(path, OutboxConfig(), clock=clock)
     await box.close()
@@ -71,11 +71,11 @@ async def test_version_1_outbox_is_migrated_keeping_the_first_of_duplicate_messa
 
 
 async def test_version_2_outbox_gains_the_maintenance_indexes(tmp_path: Path, clock: FakeClock) -> None:
-    from agent.delivery import outbox as outbox_module
+    from agent.delivery.outbox import schema as outbox_module
 
     path = tmp_path / "v2.sqlite3"
     with raw(path) as c:
-        c.executescript(outbox_module._MIGRATIONS[0] + ";" + outbox_module._MIGRATIONS[1])
+        c.executescript(outbox_module.MIGRATIONS[0] + ";" + outbox_module.MIGRATIONS[1])
         c.execute("PRAGMA user_version = 2")
     box = await Outbox.open(path, OutboxConfig(), clock=clock)
     await box.enqueue([delivery(1)])
