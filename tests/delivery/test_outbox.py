@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.delivery.outbox import SCHEMA_VERSION, AttemptRecord, Outbox, OutboxFull, OutboxUnavailable, checksum
+from agent.delivery.outbox import (
+    SCHEMA_VERSION,
+    AttemptRecord,
+    Outbox,
+    OutboxFull,
+    OutboxUnavailable,
+    checksum,
+)
 from agent.delivery.retry import Decision
 from agent.delivery.settings import OutboxConfig
 
