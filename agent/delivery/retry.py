@@ -10,6 +10,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agent.delivery.senders.base import SendOutcome
 from agent.delivery.settings import BreakerConfig, DeliveryConfig
 
 # A throttled endpoint waits at least this long, whatever Retry-After says: throttled attempts do not
@@ -72,6 +73,31 @@ def classify(status: int | None, headers: Mapping[str, str], now: float) -> Clas
     if 300 <= status < 400:
         return Classified(Outcome.RETRY, retry_after, "redirect")
     return Classified(Outcome.RETRY, retry_after, f"http_{status}")
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """An attempt's outcome classified, with the error class and message kept in its history."""
+
+    result: Classified
+    error_class: str | None
+    error: str | None
+
+
+def assess(sent: SendOutcome, now: float) -> Assessment:
+    """Classify what a sender returned. With a reply, its status decides the error class and text;
+    without one, the sender's own class and message (timeout, tls, ...) stay."""
+    result = classify(sent.status, sent.headers, now)
+    if sent.status is None:
+        return Assessment(result, sent.error_class, sent.error)
+    error = sent.error
+    if result.outcome is not Outcome.DELIVERED:
+        error = f"HTTP {sent.status}"
+        if 300 <= sent.status < 400:
+            error += f" redirect to {sent.headers.get('Location', '?')} not followed"
+        elif result.outcome is Outcome.ABORTED:
+            error += " and webhook-delivery: abort-message"
+    return Assessment(result, result.error_class, error)
 
 
 @dataclass(frozen=True)

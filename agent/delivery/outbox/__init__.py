@@ -25,7 +25,7 @@ import aiosqlite
 from agent.delivery.outbox.intake import Intake
 from agent.delivery.outbox.occupancy import Occupancy
 from agent.delivery.outbox.operations import PRUNE_BATCH, Operations
-from agent.delivery.outbox.queries import History, disabled_endpoints
+from agent.delivery.outbox.queries import History
 from agent.delivery.outbox.queue import DispatchQueue
 from agent.delivery.outbox.rows import (
     RESPONSE_KEEP,
@@ -157,7 +157,7 @@ class Outbox:
         return await self.queue.enable_endpoint(url)
 
     async def disabled_endpoints(self) -> dict[str, str]:
-        return await disabled_endpoints(self._r)
+        return await self.queue.disabled_endpoints()
 
     # ---- read-only queries
 

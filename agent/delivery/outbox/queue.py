@@ -13,6 +13,7 @@ import aiosqlite
 import structlog
 
 from agent.delivery.outbox.occupancy import Occupancy
+from agent.delivery.outbox.queries import disabled_endpoints
 from agent.delivery.outbox.rows import (
     RESPONSE_KEEP,
     ROW_COLS,
@@ -213,5 +214,4 @@ class DispatchQueue:
         return res[0] > 0
 
     async def disabled_endpoints(self) -> dict[str, str]:
-        rows = await self._r.execute_fetchall("SELECT url, reason FROM endpoint_state")
-        return {str(u): str(r) for u, r in rows}
+        return await disabled_endpoints(self._r)

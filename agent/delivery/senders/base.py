@@ -1,0 +1,72 @@
+"""The contract between the dispatcher and a kind of destination (webhook today, MQTT next).
+
+A destination kind is one module ``agent/delivery/senders/<kind>.py`` that defines
+``create(config: DeliveryConfig) -> Sender``; its endpoint configuration carries ``kind = "<kind>"``.
+The dispatcher loads the module the first time an endpoint of that kind is configured (so a
+protocol library is imported only where it is used) and hands every due row of such an endpoint to
+``Sender.send``. Nothing else in ``agent/delivery`` changes for a new kind.
+
+A sender only moves bytes: it returns a ``SendOutcome`` (what happened) and never decides what
+happens next. ``retry.assess`` classifies the outcome and ``retry.decide`` picks the row's next
+state (pure code); the dispatcher records it, and ``report`` logs and counts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from agent.delivery.outbox.rows import Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """One attempt as it happened; plain data, so classification stays a pure function.
+
+    ``status`` is the destination's reply in HTTP terms (2xx delivered, 410 gone, 429/503 throttled,
+    other codes failed): a non-HTTP sender maps its protocol's acknowledgement onto these codes.
+    ``None`` means no reply at all; then ``error_class`` says why (``config``, ``timeout``, ``tls``,
+    ``connect``, ``connection``) and ``error`` says it to a person, never with a secret in it.
+    """
+
+    status: int | None
+    latency: float
+    headers: Mapping[str, str] = field(default_factory=dict)
+    response: bytes = b""
+    error_class: str | None = None
+    error: str | None = None
+
+
+class Destination(Protocol):
+    """What the dispatcher reads of any endpoint configuration, whatever its kind."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def url(self) -> str:
+        """Where it goes, for operators (history, disable after 410); secrets never appear here."""
+        ...
+
+    @property
+    def fifo(self) -> bool: ...
+    @property
+    def concurrency(self) -> int: ...
+
+
+class Sender(Protocol):
+    """One per destination kind, shared by all endpoints of that kind."""
+
+    async def start(self) -> None:
+        """Open what the sender keeps between attempts (connection pools)."""
+
+    async def send(self, destination: Destination, row: Delivery, now: float) -> SendOutcome:
+        """Deliver ``row.body`` once. Must not raise for anything the destination or the network
+        does: that is an outcome. ``now`` is the clock at the start of the attempt."""
+        ...
+
+    async def close(self) -> None:
+        """Release what ``start`` opened; called once when the dispatcher stops."""
