@@ -102,14 +102,14 @@ class Runtime:
     async def start(self) -> None:
         from agent.delivery.dispatcher import Dispatcher
         from agent.delivery.outbox import Outbox
-        from agent.derive.store import DeriveStore
         from agent.pipeline import Pipeline
+        from agent.state.store import StateStore
 
         cfg = self.config
         state_dir = cfg.agent.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = await Outbox.open(state_dir / OUTBOX_FILE, cfg.agent.outbox)
-        self.store = await DeriveStore.open(state_dir / STATE_FILE)
+        self.store = await StateStore.open(state_dir / STATE_FILE)
         derivers = await self._derivers(cfg.machines)
         self.dispatcher = Dispatcher(
             self.outbox, endpoints_of(cfg), cfg.agent.delivery, on_result=self.metrics.observe_delivery

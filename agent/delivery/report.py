@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.delivery.outbox.rows import AttemptRecord, Delivery
+from agent.delivery.records import AttemptRecord, Delivery
 from agent.delivery.retry import DEAD, DELIVERED, Classified, Outcome
 
 # The dispatcher's logger name: these events were always logged under it, and log filters use it.

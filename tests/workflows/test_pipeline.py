@@ -18,7 +18,6 @@ import pytest
 from agent.delivery.outbox import Outbox
 from agent.delivery.settings import OutboxConfig
 from agent.derive.errors import UnknownCategory, UnknownDowntime
-from agent.derive.store import DeriveStore
 from agent.events import ALARM_TRIGGERED, MACHINE_STATUS_CHANGED, MachineRef, iso_utc
 from agent.pipeline import (
     NotManual,
@@ -27,8 +26,9 @@ from agent.pipeline import (
     UnknownMachine,
     UnknownWorkflow,
     WorkflowDisabled,
-    message_id,
 )
+from agent.state.store import StateStore
+from agent.workflows.plan import message_id
 
 from .rig import LATHE, MILL, FakeClock, Receiver, body_of, derivers, hook, make_rig, readings, workflows_from
 
@@ -449,7 +449,7 @@ async def test_schedule_and_derived_state_survive_a_restart(tmp_path: Path) -> N
     start = datetime(day.year, day.month, day.day, 22, 0, tzinfo=berlin).timestamp()
     clock = FakeClock(start)
 
-    store = await DeriveStore.open(tmp_path / "state.sqlite3")
+    store = await StateStore.open(tmp_path / "state.sqlite3")
     rig = await make_rig(tmp_path, flows, clock, dispatch=False, store=store)
     await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="ACTIVE", part_count=10))
     clock.advance(60)
@@ -463,7 +463,7 @@ async def test_schedule_and_derived_state_survive_a_restart(tmp_path: Path) -> N
     await store.close()
 
     # The agent is down over the next 23:00 and comes back at 23:30: that run happens once, at once.
-    store = await DeriveStore.open(tmp_path / "state.sqlite3")
+    store = await StateStore.open(tmp_path / "state.sqlite3")
     saved = await store.load_all()
     restored = derivers()
     for mid, d in restored.items():

@@ -27,7 +27,9 @@ from agent.delivery.outbox.occupancy import Occupancy
 from agent.delivery.outbox.operations import PRUNE_BATCH, Operations
 from agent.delivery.outbox.queries import History
 from agent.delivery.outbox.queue import DispatchQueue
-from agent.delivery.outbox.rows import (
+from agent.delivery.outbox.schema import SCHEMA_VERSION, connect, open_writer
+from agent.delivery.outbox.writer import Writer
+from agent.delivery.records import (
     RESPONSE_KEEP,
     ROW_OVERHEAD,
     Attempt,
@@ -47,8 +49,6 @@ from agent.delivery.outbox.rows import (
     Page,
     checksum,
 )
-from agent.delivery.outbox.schema import SCHEMA_VERSION, connect, open_writer
-from agent.delivery.outbox.writer import Writer
 from agent.delivery.retry import CANCELLED, DEAD, DELIVERED
 from agent.delivery.settings import OutboxConfig
 

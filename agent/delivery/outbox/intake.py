@@ -15,8 +15,8 @@ import aiosqlite
 import structlog
 
 from agent.delivery.outbox.occupancy import Occupancy
-from agent.delivery.outbox.rows import ROW_OVERHEAD, NewDelivery, OutboxFull, OutboxStats, checksum
 from agent.delivery.outbox.writer import Statements, Writer
+from agent.delivery.records import ROW_OVERHEAD, NewDelivery, OutboxFull, OutboxStats, checksum
 from agent.delivery.settings import OutboxConfig
 
 log = structlog.get_logger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 import aiosqlite
 
 from agent.delivery.outbox.occupancy import Occupancy
-from agent.delivery.outbox.rows import (
+from agent.delivery.records import (
     SUMMARY_COLS,
     Attempt,
     DeliveryDetail,

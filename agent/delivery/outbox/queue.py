@@ -14,7 +14,8 @@ import structlog
 
 from agent.delivery.outbox.occupancy import Occupancy
 from agent.delivery.outbox.queries import disabled_endpoints
-from agent.delivery.outbox.rows import (
+from agent.delivery.outbox.writer import Writer
+from agent.delivery.records import (
     RESPONSE_KEEP,
     ROW_COLS,
     AttemptRecord,
@@ -23,7 +24,6 @@ from agent.delivery.outbox.rows import (
     OutboxStats,
     decode_row,
 )
-from agent.delivery.outbox.writer import Writer
 from agent.delivery.retry import PENDING
 
 log = structlog.get_logger(__name__)

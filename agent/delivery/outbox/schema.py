@@ -14,7 +14,7 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
-from agent.delivery.outbox.rows import OutboxError, OutboxUnavailable
+from agent.delivery.records import OutboxError, OutboxUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from agent.delivery.outbox.rows import OutboxError, OutboxStats, OutboxUnavailable
+from agent.delivery.records import OutboxError, OutboxStats, OutboxUnavailable
 
 log = structlog.get_logger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from agent.delivery.outbox.rows import Delivery
+    from agent.delivery.records import Delivery
 
 
 @dataclass(frozen=True, slots=True)

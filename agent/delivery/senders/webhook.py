@@ -13,7 +13,7 @@ import time
 import aiohttp
 
 from agent import __version__
-from agent.delivery.outbox.rows import Delivery
+from agent.delivery.records import Delivery
 from agent.delivery.senders.base import Destination, SendOutcome
 from agent.delivery.settings import DeliveryConfig, EndpointConfig
 from agent.delivery.signing import signing_headers

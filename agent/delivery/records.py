@@ -1,6 +1,7 @@
 """What the outbox stores and returns: plain values, the column lists, and the row decoder.
 
-Shared by every part of the outbox; no I/O here.
+Shared by every part of the outbox, the dispatcher and the workflow planner (which builds
+``NewDelivery`` rows); plain data and pure functions only, so the functional core can import it.
 """
 
 from __future__ import annotations
