@@ -206,13 +206,9 @@ class Pipeline:
 
     # -- the flow
 
-    async def on_samples(self, machine_id: str, samples: Sequence[Any]) -> list[Firing]:
-        events = self.derive(machine_id, samples)
-        return await self.fire(events) if events else []
-
     def derive(self, machine_id: str, samples: Sequence[Any]) -> list[Event]:
-        """The synchronous half of ``on_samples``: a collector's sink calls it for every poll, and only
-        the rare poll that yields events pays for a task that fires them."""
+        """A collector's sink calls this for every poll (synchronously); only the rare poll that yields
+        events pays for a task that passes them to ``fire``."""
         deriver = self.derivers.get(machine_id)
         if deriver is None:
             log.warning("samples_for_unknown_machine", machine_id=machine_id, count=len(samples))

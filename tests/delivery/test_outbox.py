@@ -18,6 +18,7 @@ from agent.delivery.outbox import (
 )
 from agent.delivery.retry import Decision
 from agent.delivery.settings import OutboxConfig
+from tests.drills import set_page_limit
 
 from .conftest import FakeClock, delivery
 
@@ -280,7 +281,7 @@ async def test_disk_full_is_unavailable_then_recovers_without_loss(tmp_path: Pat
     await box.enqueue([delivery(i) for i in range(10)])
     with raw(path) as c:
         pages = c.execute("PRAGMA page_count").fetchone()[0]
-    assert await box.set_page_limit(pages) == pages
+    assert await set_page_limit(box, pages) == pages
     big = [delivery(i, body=b'{"seq": %d, "pad": "%s"}' % (i, b"x" * 4000)) for i in range(10, 60)]
     with pytest.raises(OutboxUnavailable, match="full"):
         await box.enqueue(big)
@@ -290,7 +291,7 @@ async def test_disk_full_is_unavailable_then_recovers_without_loss(tmp_path: Pat
     assert c.pending == 10
     with raw(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    await box.set_page_limit(1_000_000)
+    await set_page_limit(box, 1_000_000)
     await box.enqueue(big)  # the caller kept the items and retries
     assert not box.stats.unavailable
     assert (await box.counts()).pending == 60

@@ -29,8 +29,21 @@ from agent.pipeline import (
 )
 from agent.state.store import StateStore
 from agent.workflows.plan import message_id
+from tests.drills import set_page_limit
 
-from .rig import LATHE, MILL, FakeClock, Receiver, body_of, derivers, hook, make_rig, readings, workflows_from
+from .rig import (
+    LATHE,
+    MILL,
+    FakeClock,
+    Receiver,
+    body_of,
+    derivers,
+    hook,
+    make_rig,
+    poll,
+    readings,
+    workflows_from,
+)
 
 DAY = 86400.0
 OPERATOR = {"id": "op456", "name": "John Smith"}
@@ -52,12 +65,12 @@ async def run_until_down(
 ) -> None:
     """ACTIVE, then stopped (IDLE, or ALARM with ``code``) for longer than the 1 min micro-stop."""
     start = readings(machine, clock.now, execution="ACTIVE", alarm_code=0, alarm_severity=0, part_count=100)
-    await pipeline.on_samples(machine.id, start)
+    await poll(pipeline, machine.id, start)
     clock.advance(10)
     stop = readings(
         machine, clock.now, execution="STOPPED", alarm_code=code, alarm_severity=800 if code else 0
     )
-    await pipeline.on_samples(machine.id, stop)
+    await poll(pipeline, machine.id, stop)
     clock.advance(61)
     await pipeline.tick()
 
@@ -161,9 +174,9 @@ async def test_downtime_exceeded_fires_exactly_once_per_downtime(tmp_path: Path,
             clock.now = down_since + minute * 60
             assert await rig.pipeline.tick() == []
         # Production resumes, then a second downtime: its own single notification.
-        await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="ACTIVE"))
+        await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, execution="ACTIVE"))
         clock.advance(600)
-        await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="STOPPED"))
+        await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, execution="STOPPED"))
         second_since = clock.now
         for minute in (1, 10, 30, 31, 60):
             clock.now = second_since + minute * 60
@@ -202,17 +215,17 @@ async def test_scheduled_production_sync_counts_since_last_run(tmp_path: Path, r
     p = rig.pipeline
     try:
         for machine in (MILL, LATHE):
-            await p.on_samples(machine.id, readings(machine, clock.now, execution="ACTIVE", part_count=100))
+            await poll(p, machine.id, readings(machine, clock.now, execution="ACTIVE", part_count=100))
         clock.advance(600)
-        await p.on_samples("mill-01", readings(MILL, clock.now, part_count=105))
-        await p.on_samples("lathe-02", readings(LATHE, clock.now, part_count=150))
+        await poll(p, "mill-01", readings(MILL, clock.now, part_count=105))
+        await poll(p, "lathe-02", readings(LATHE, clock.now, part_count=150))
         clock.now = start + 3599
         assert await p.tick() == []
         clock.now = start + 3600 + 5  # 23:00:05 Berlin
         (first_run,) = await p.tick()
         assert await p.tick() == []  # once per schedule time, not per tick
         clock.advance(3600)
-        await p.on_samples("mill-01", readings(MILL, clock.now, part_count=112))
+        await poll(p, "mill-01", readings(MILL, clock.now, part_count=112))
         clock.now = start + 3600 + DAY + 1  # the next evening
         (second_run,) = await p.tick()
         first, second = await receiver.wait_for(2)
@@ -303,8 +316,10 @@ async def test_alarm_and_status_filters_scope_and_disabled(tmp_path: Path) -> No
     fired: list[tuple[str, str | None, str]] = []
     try:
         for machine in (MILL, LATHE):
-            for ex in await p.on_samples(
-                machine.id, readings(machine, clock.now, execution="ACTIVE", alarm_code=0, alarm_severity=0)
+            for ex in await poll(
+                p,
+                machine.id,
+                readings(machine, clock.now, execution="ACTIVE", alarm_code=0, alarm_severity=0),
             ):
                 fired.append((ex.workflow, ex.machine_id, ex.event_type))
         steps = [
@@ -317,7 +332,7 @@ async def test_alarm_and_status_filters_scope_and_disabled(tmp_path: Path) -> No
         ]
         for machine, values in steps:
             clock.advance(5)
-            for ex in await p.on_samples(machine.id, readings(machine, clock.now, **values)):
+            for ex in await poll(p, machine.id, readings(machine, clock.now, **values)):
                 fired.append((ex.workflow, ex.machine_id, ex.event_type))
         rows = await rig.outbox.list(limit=100)
     finally:
@@ -348,13 +363,13 @@ async def test_min_interval_throttles_per_machine(tmp_path: Path) -> None:
     counts = []
     try:
         for machine in (MILL, LATHE):
-            await p.on_samples(machine.id, readings(machine, clock.now, execution="ACTIVE", alarm_code=0))
+            await poll(p, machine.id, readings(machine, clock.now, execution="ACTIVE", alarm_code=0))
         for code in (1001, 0, 1002, 0, 1003):  # three alarms within a minute on the mill
             clock.advance(10)
-            counts.append(len(await p.on_samples("mill-01", readings(MILL, clock.now, alarm_code=code))))
-        counts.append(len(await p.on_samples("lathe-02", readings(LATHE, clock.now, alarm_code=1001))))
+            counts.append(len(await poll(p, "mill-01", readings(MILL, clock.now, alarm_code=code))))
+        counts.append(len(await poll(p, "lathe-02", readings(LATHE, clock.now, alarm_code=1001))))
         clock.advance(300)
-        counts.append(len(await p.on_samples("mill-01", readings(MILL, clock.now, alarm_code=2040))))
+        counts.append(len(await poll(p, "mill-01", readings(MILL, clock.now, alarm_code=2040))))
     finally:
         await rig.close()
     assert counts == [1, 0, 0, 0, 0, 1, 1]
@@ -397,11 +412,11 @@ async def test_refused_rows_wait_in_memory_and_are_enqueued_later(tmp_path: Path
     clock = past_clock()
     rig = await make_rig(tmp_path, flows, clock, dispatch=False)
     try:
-        pages = await rig.outbox.set_page_limit(1)  # the disk-full drill: no page can be added
-        await rig.outbox.set_page_limit(max(pages, 1))
+        pages = await set_page_limit(rig.outbox, 1)  # the disk-full drill: no page can be added
+        await set_page_limit(rig.outbox, max(pages, 1))
         held = await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000)
         held_count = rig.pipeline.pending
-        await rig.outbox.set_page_limit(1_000_000)
+        await set_page_limit(rig.outbox, 1_000_000)
         await rig.pipeline.tick()
         rows = (await rig.outbox.list()).items
     finally:
@@ -421,11 +436,11 @@ async def test_rows_beyond_the_memory_limit_are_rejected_and_counted_not_dropped
     rig = await make_rig(tmp_path, flows, past_clock(), dispatch=False)
     rig.pipeline.max_waiting = 2
     try:
-        pages = await rig.outbox.set_page_limit(1)  # the disk-full drill
-        await rig.outbox.set_page_limit(max(pages, 1))
+        pages = await set_page_limit(rig.outbox, 1)  # the disk-full drill
+        await set_page_limit(rig.outbox, max(pages, 1))
         fired = [await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000) for _ in range(3)]
         waiting, rejected, refusing = rig.pipeline.pending, rig.pipeline.rejected, rig.pipeline.refusing
-        await rig.outbox.set_page_limit(1_000_000)
+        await set_page_limit(rig.outbox, 1_000_000)
         await rig.pipeline.tick()
         rows = (await rig.outbox.list()).items
     finally:
@@ -451,13 +466,13 @@ async def test_schedule_and_derived_state_survive_a_restart(tmp_path: Path) -> N
 
     store = await StateStore.open(tmp_path / "state.sqlite3")
     rig = await make_rig(tmp_path, flows, clock, dispatch=False, store=store)
-    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="ACTIVE", part_count=10))
+    await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, execution="ACTIVE", part_count=10))
     clock.advance(60)
-    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, part_count=14))
+    await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, part_count=14))
     clock.now = start + 3605
     (run1,) = await rig.pipeline.tick()
     clock.advance(60)
-    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, part_count=20))
+    await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, part_count=20))
     await rig.pipeline.close()
     await rig.close()
     await store.close()

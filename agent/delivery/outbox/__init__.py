@@ -117,11 +117,6 @@ class Outbox:
     def _w(self) -> aiosqlite.Connection:
         return self.writer.conn
 
-    async def set_page_limit(self, pages: int) -> int:
-        """``PRAGMA max_page_count`` on the writer (the disk-full drill); returns the effective limit."""
-        rows = await self.writer.conn.execute_fetchall(f"PRAGMA max_page_count = {int(pages)}")
-        return int(next(iter(rows))[0])
-
     # ---- intake
 
     async def enqueue(self, items: Sequence[NewDelivery]) -> None:
