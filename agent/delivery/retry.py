@@ -8,9 +8,8 @@ from __future__ import annotations
 import email.utils
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from agent.delivery.senders.base import SendOutcome
 from agent.delivery.settings import BreakerConfig, DeliveryConfig
 
 # A throttled endpoint waits at least this long, whatever Retry-After says: throttled attempts do not
@@ -73,6 +72,24 @@ def classify(status: int | None, headers: Mapping[str, str], now: float) -> Clas
     if 300 <= status < 400:
         return Classified(Outcome.RETRY, retry_after, "redirect")
     return Classified(Outcome.RETRY, retry_after, f"http_{status}")
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """One attempt as a sender saw it (``senders/base.py``); plain data, so classification stays a pure function.
+
+    ``status`` is the destination's reply in HTTP terms (2xx delivered, 410 gone, 429/503 throttled,
+    other codes failed): a non-HTTP sender maps its protocol's acknowledgement onto these codes.
+    ``None`` means no reply at all; then ``error_class`` says why (``config``, ``timeout``, ``tls``,
+    ``connect``, ``connection``) and ``error`` says it to a person, never with a secret in it.
+    """
+
+    status: int | None
+    latency: float
+    headers: Mapping[str, str] = field(default_factory=dict)
+    response: bytes = b""
+    error_class: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,30 +13,12 @@ state (pure code); the dispatcher records it, and ``report`` logs and counts it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from agent.delivery.records import Delivery
+from agent.delivery.records import Delivery
+from agent.delivery.retry import SendOutcome
 
-
-@dataclass(frozen=True, slots=True)
-class SendOutcome:
-    """One attempt as it happened; plain data, so classification stays a pure function.
-
-    ``status`` is the destination's reply in HTTP terms (2xx delivered, 410 gone, 429/503 throttled,
-    other codes failed): a non-HTTP sender maps its protocol's acknowledgement onto these codes.
-    ``None`` means no reply at all; then ``error_class`` says why (``config``, ``timeout``, ``tls``,
-    ``connect``, ``connection``) and ``error`` says it to a person, never with a secret in it.
-    """
-
-    status: int | None
-    latency: float
-    headers: Mapping[str, str] = field(default_factory=dict)
-    response: bytes = b""
-    error_class: str | None = None
-    error: str | None = None
+__all__ = ["Destination", "SendOutcome", "Sender"]
 
 
 class Destination(Protocol):
