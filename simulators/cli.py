@@ -14,8 +14,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from agent import logs
 from agent.config.source import ConfigError
+from agent.logs import LEVELS, configure
 from simulators.fleet import MAX_MODBUS_UNITS, Fleet, FleetConfig
 from simulators.scenario import builtin_scenarios, load_scenario
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start machine i (0-based) i*S seconds into the scenario, so machines differ (default 0)",
     )
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = run)")
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    parser.add_argument("--log-level", choices=LEVELS, default="info")
     parser.add_argument("--log-format", choices=("console", "json"), default="console")
 
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(args.log_level, args.log_format, stream=sys.stderr)
+    configure(args.log_level, args.log_format, stream=sys.stderr)
     return asyncio.run(serve(config, duration=args.duration))
 
 

@@ -133,4 +133,3 @@ def transformed(
         return word if word is not None else raw * k + d
 
     return mapped_scaled
-
