@@ -38,6 +38,13 @@ async def test_schema_is_versioned_wal_and_full_sync(outbox: Outbox) -> None:
     assert next(iter(rows))[0] == 2  # FULL
 
 
+async def test_the_writer_is_the_only_connection_that_can_write(outbox: Outbox) -> None:
+    await outbox.enqueue([delivery(1)])
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await outbox.reader.execute("DELETE FROM deliveries")
+    assert (await outbox.counts()).pending == 1
+
+
 async def test_enqueue_returns_when_rows_are_visible_to_another_connection(outbox: Outbox) -> None:
     await outbox.enqueue([delivery(1), delivery(2)])
     with raw(outbox.path) as c:

@@ -66,7 +66,7 @@ class Outbox:
         self.config = config
         self.clock = clock
         self.stats = OutboxStats()
-        self._r = reader_conn
+        self.reader = reader_conn
         self.occupancy = Occupancy()
         self.writer = Writer(writer_conn, path, self.stats)
         self.intake = Intake(path, config, clock, self.writer, reader_conn, self.occupancy, self.stats)
@@ -88,6 +88,8 @@ class Outbox:
         w = await open_writer(path, clock, recover=recover)
         try:
             r = await connect(path)
+            # The writer task is the only writer: SQLite itself refuses a write on this connection.
+            await r.execute("PRAGMA query_only = ON")
         except BaseException:
             await w.close()
             raise
@@ -105,7 +107,7 @@ class Outbox:
         if self.writer.closed:
             return
         await self.writer.close()
-        await self._r.close()
+        await self.reader.close()
 
     async def __aenter__(self) -> Outbox:
         return self
