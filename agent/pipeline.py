@@ -213,15 +213,20 @@ class Pipeline:
         if deriver is None:
             log.warning("samples_for_unknown_machine", machine_id=machine_id, count=len(samples))
             return []
+        self._saver.before_poll(machine_id)
         events = deriver.ingest(samples, self._clock())
         self._saver.changed(machine_id)
         if events:
-            self._saver.unplanned(machine_id)  # until ``fire`` plans them
+            self._saver.unplanned(machine_id, events[0].id)  # until ``fire`` plans them
         return events
 
     async def fire(self, events: Sequence[Event]) -> list[Firing]:
         """Fire what ``derive`` returned (every list it returns must be passed here once)."""
-        self._saver.planned({e.machine.id for e in events if e.machine is not None})
+        batches: dict[str, str] = {}
+        for e in events:
+            if e.machine is not None:
+                batches.setdefault(e.machine.id, e.id)  # the first event keys its batch
+        self._saver.planned(batches)
         # _fire plans before its first await, so no snapshot sees these machines unplanned.
         return await self._fire(events, self._clock())
 

@@ -2,8 +2,10 @@
 
 A firing saves the machines it fired for (with the journal holding its rows) before the outbox sees
 the rows; a periodic save takes every other changed machine. A machine whose derived events still
-wait to be planned is not saved: its snapshot would be ahead of the journal. Concurrent callers
-share one write (group commit, as in the outbox).
+wait to be planned is not saved live: its snapshot would be ahead of the journal. Instead, when a
+poll arrives while a batch of the machine's events waits, the state before that poll is kept for the
+batch, and saved once the batch is planned; a firing thus always stores the state its rows came
+from. Concurrent callers share one write (group commit, as in the outbox).
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class StateSaver:
         # Machines whose derived events a task has still to plan: their snapshot would be ahead of
         # the journal, so it waits.
         self._unplanned: Counter[str] = Counter()
+        self._last_batch: dict[str, str] = {}  # machine -> key of its newest batch not yet planned
+        # batch key -> the machine's state including that batch and nothing later that made events
+        self._captured: dict[str, Mapping[str, Any]] = {}
+        # machine -> the captured state of its last planned batch, waiting to be written
+        self._planned_state: dict[str, Mapping[str, Any]] = {}
         self._saving: asyncio.Event | None = None
         self._save_all = False  # a waiting write must take every changed machine
         self._save_some: set[str] = set()  # ... or at least these
@@ -60,15 +67,30 @@ class StateSaver:
     def changed(self, machine_id: str) -> None:
         self._dirty.add(machine_id)
 
-    def unplanned(self, machine_id: str) -> None:
-        """Events derived from this machine wait to be planned (until ``planned``)."""
-        self._unplanned[machine_id] += 1
+    def before_poll(self, machine_id: str) -> None:
+        """A poll's samples are about to change the machine's state: if a batch of its events still
+        waits to be planned, keep the state as it is now for that batch."""
+        batch = self._last_batch.get(machine_id)
+        if batch is not None:
+            snap = self._snapshot(machine_id)
+            if snap is not None:
+                self._captured[batch] = snap
 
-    def planned(self, machine_ids: Iterable[str]) -> None:
-        for mid in machine_ids:
+    def unplanned(self, machine_id: str, batch: str) -> None:
+        """A batch of events derived from this machine waits to be planned (until ``planned``)."""
+        self._unplanned[machine_id] += 1
+        self._last_batch[machine_id] = batch
+
+    def planned(self, batches: Mapping[str, str]) -> None:
+        """These batches (machine -> batch key) are planned: their rows are in the journal."""
+        for mid, batch in batches.items():
             self._unplanned[mid] -= 1
             if self._unplanned[mid] <= 0:
                 del self._unplanned[mid]
+                self._last_batch.pop(mid, None)
+            snap = self._captured.pop(batch, None)
+            if snap is not None:
+                self._planned_state[mid] = snap
 
     def due(self, now: float) -> bool:
         """Something changed and the periodic interval has passed since the last full save."""
@@ -115,14 +137,18 @@ class StateSaver:
         # burst of firings rewrite every machine's snapshot again and again.
         wanted = self._dirty if save_all else self._dirty & some
         dirty = {mid for mid in wanted if mid not in self._unplanned}
+        # A machine still waiting for a batch to be planned: the state of its last planned batch.
+        held = {mid: self._planned_state.pop(mid) for mid in wanted & self._planned_state.keys() - dirty}
+        for mid in dirty:
+            self._planned_state.pop(mid, None)  # the live state is newer
         journal = self._journal.dirty
-        if not dirty and not journal:
+        if not dirty and not journal and not held:
             if save_all:
                 self._last_save = self._clock() if now is None else now
             return
         self._dirty -= dirty
         self._journal.dirty = False
-        snapshots: dict[str, Mapping[str, Any]] = {}
+        snapshots: dict[str, Mapping[str, Any]] = dict(held)
         for mid in sorted(dirty):
             snap = self._snapshot(mid)
             if snap is not None:
@@ -134,6 +160,8 @@ class StateSaver:
         except DeriveError as exc:
             # Derived state is a convenience across restarts; delivery goes on. Try again next time.
             self._dirty |= dirty
+            for mid, snap in held.items():
+                self._planned_state.setdefault(mid, snap)
             self._journal.dirty = self._journal.dirty or journal
             self._save_all = self._save_all or save_all
             self._save_some |= some

@@ -27,6 +27,7 @@ from agent.pipeline import (
     UnknownWorkflow,
     WorkflowDisabled,
 )
+from agent.state.journal import JOURNAL_KEY
 from agent.state.store import StateStore
 from agent.workflows.plan import message_id
 from tests.drills import set_page_limit
@@ -503,3 +504,40 @@ async def test_schedule_and_derived_state_survive_a_restart(tmp_path: Path) -> N
     assert body["timestamp"] == iso_utc(start + 3600 + DAY)  # the missed schedule time, not the restart time
     assert body["production"]["since"] == iso_utc(start + 3600)
     assert body["production"]["machines"] == [{"machine": MILL.as_dict(), "parts": 6}]
+
+
+async def test_a_firing_stores_the_state_its_events_came_from_while_a_later_poll_waits(
+    tmp_path: Path,
+) -> None:
+    """The runtime fires a poll's events in a task; the next poll of the same machine may derive
+    before that task runs. The firing must still store the machine's state that produced its rows
+    (a kill -9 right after would otherwise restart from an older state and derive the same change
+    again under a new id), and must not store the later poll's state ahead of the journal."""
+    flows = workflows_from(
+        tmp_path,
+        {"feed": "name: Feed\ntrigger: {type: machine_status_changed}\n" + hook("http://127.0.0.1:9/")},
+    )
+    clock = past_clock()
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False, store=store)
+    try:
+        pipeline = rig.pipeline
+        first = pipeline.derive("mill-01", readings(MILL, clock.now, execution="ACTIVE", alarm_code=0))
+        clock.advance(5)
+        second = pipeline.derive("mill-01", readings(MILL, clock.now, execution="STOPPED", alarm_code=0))
+        assert first and second
+        (fired,) = await pipeline.fire(first)
+        saved = await store.load_all()
+        journaled = {row["message_id"] for row in saved[JOURNAL_KEY]["rows"]}
+        assert set(fired.message_ids) <= journaled
+        # The stored state is the one right after the first poll: ACTIVE, not the second poll's.
+        restored = derivers()["mill-01"]
+        restored.restore(saved["mill-01"])
+        assert restored.status == "ACTIVE"
+        await pipeline.fire(second)
+        restored = derivers()["mill-01"]
+        restored.restore((await store.load_all())["mill-01"])
+        assert restored.status != "ACTIVE"
+    finally:
+        await rig.close()
+        await store.close()
