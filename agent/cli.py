@@ -18,6 +18,7 @@ from agent.commands import (
     operate_cmd,
     read_cmd,
     receive_cmd,
+    secret_cmd,
     simulate_cmd,
     workflow_cmd,
 )
@@ -27,6 +28,7 @@ COMMAND_MODULES = (
     read_cmd,
     simulate_cmd,
     deliver_cmd,
+    secret_cmd,
     receive_cmd,
     workflow_cmd,
     operate_cmd,

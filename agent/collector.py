@@ -5,13 +5,12 @@ only ever delays itself. Polls keep a fixed cadence measured from the previous *
 poll that overruns skips the ticks it missed instead of queueing them, and no poll of a machine
 starts while the previous one still runs (there is only ever one ``read`` awaited per machine).
 
-The scheduling arithmetic (``next_slot``, ``backoff_delay``) is pure; ``Collector`` is the thin shell.
+The scheduling arithmetic (``next_slot``, ``drivers.backoff.backoff_delay``) is pure; ``Collector`` is the thin shell.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import time
 import zlib
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from drivers.backoff import backoff_delay
 from drivers.base import ConnectionState, Driver, DriverError, Quality, Reading, Sample, Sink
 
 log = structlog.get_logger(__name__)
@@ -28,15 +28,6 @@ log = structlog.get_logger(__name__)
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 LAG_WINDOW = 120  # recent cycle lags kept per machine for metrics
-
-
-def backoff_delay(failures: int, base: float, cap: float, jitter: float) -> float:
-    """Seconds to wait after ``failures`` failures in a row: base doubling up to cap, ±25 % jitter.
-
-    Jitter keeps a plant's worth of machines behind one rebooted switch from reconnecting in step.
-    """
-    full = min(cap, math.ldexp(base, min(max(failures - 1, 0), 32)))
-    return min(cap, full * (0.75 + 0.5 * jitter))
 
 
 def next_slot(scheduled: float, finished: float, interval: float) -> tuple[float, int]:
@@ -72,7 +63,6 @@ class CollectorStats:
     connects: int = 0
     connect_failures: int = 0
     last_poll_duration: float = 0.0
-    last_lag: float = 0.0
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAG_WINDOW))
 
 
@@ -191,7 +181,6 @@ class Collector:
             finished = self._clock()
             lag = start - scheduled
             stats.polls += 1
-            stats.last_lag = lag
             stats.lags.append(lag)
             stats.last_poll_duration = finished - start
             self._judge(readings, failure)

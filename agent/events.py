@@ -19,19 +19,6 @@ PART_COUNT = "part_count"
 MANUAL_TRIGGER = "manual_trigger"
 SCHEDULED = "scheduled"
 
-EVENT_TYPES = (
-    MACHINE_STATUS_CHANGED,
-    ALARM_TRIGGERED,
-    ALARM_CLEARED,
-    DOWNTIME_STARTED,
-    DOWNTIME_ENDED,
-    DOWNTIME_CATEGORIZED,
-    DOWNTIME_EXCEEDED,
-    PART_COUNT,
-    MANUAL_TRIGGER,
-    SCHEDULED,
-)
-
 
 @dataclass(frozen=True, slots=True)
 class MachineRef:

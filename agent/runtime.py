@@ -12,20 +12,21 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from agent.collection import Collection
 from agent.config.agent_file import Config, collect_config
 from agent.config.machines import MachineConfig
 from agent.delivery.settings import OUTBOX_FILE, EndpointConfig
+from agent.health import Facts, Health, judge, status_line
 from agent.metrics import Metrics
 from agent.notify import Notifier
 from agent.supervisor import Supervisor
-from drivers.base import Driver, Quality, Sample
+from drivers.base import Sample
 
 log = structlog.get_logger(__name__)
 
@@ -33,35 +34,6 @@ STATE_FILE = "state.sqlite3"
 TICK_SECONDS = 1.0
 # counts() scans the outbox table (0.1-0.2 s at a million rows, off the loop): not every tick.
 OUTBOX_COUNTS_SECONDS = 10.0
-
-
-def build_driver(machine: MachineConfig) -> Driver:
-    """The protocol library is imported only when a machine uses it (each costs tens of MB)."""
-    if machine.protocol == "modbus":
-        from drivers.modbus.config import ModbusMachineConfig
-        from drivers.modbus.driver import ModbusDriver
-
-        assert isinstance(machine.connection, ModbusMachineConfig)
-        return ModbusDriver(machine.connection)
-    from drivers.opcua.config import OpcuaMachineConfig
-    from drivers.opcua.driver import OpcuaDriver
-
-    assert isinstance(machine.connection, OpcuaMachineConfig)
-    return OpcuaDriver(machine.connection)
-
-
-@dataclass
-class MachineRun:
-    config: MachineConfig
-    collector: Any
-    polls_seen: int = 0
-    errors_seen: int = 0
-
-
-@dataclass
-class Health:
-    ok: bool
-    reasons: list[str] = field(default_factory=list)
 
 
 class Runtime:
@@ -81,7 +53,7 @@ class Runtime:
         self.clock = clock
         self.metrics = Metrics()
         self.supervisor = Supervisor()
-        self.machines: dict[str, MachineRun] = {}
+        self.collection = Collection(self.supervisor, self.metrics, self._on_samples)
         self.started_at = clock()
         self.stopping = asyncio.Event()
         self.last_reload: dict[str, Any] | None = None
@@ -102,14 +74,14 @@ class Runtime:
     async def start(self) -> None:
         from agent.delivery.dispatcher import Dispatcher
         from agent.delivery.outbox import Outbox
-        from agent.derive.store import DeriveStore
         from agent.pipeline import Pipeline
+        from agent.state.store import StateStore
 
         cfg = self.config
         state_dir = cfg.agent.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = await Outbox.open(state_dir / OUTBOX_FILE, cfg.agent.outbox)
-        self.store = await DeriveStore.open(state_dir / STATE_FILE)
+        self.store = await StateStore.open(state_dir / STATE_FILE)
         derivers = await self._derivers(cfg.machines)
         self.dispatcher = Dispatcher(
             self.outbox, endpoints_of(cfg), cfg.agent.delivery, on_result=self.metrics.observe_delivery
@@ -128,7 +100,7 @@ class Runtime:
         await self.dispatcher.start()
         await self._start_api()
         for machine in cfg.machines:
-            self._start_machine(machine)
+            self.collection.start(machine)
         self.supervisor.start("ticker", self._ticker)
         if self.notifier.watchdog_interval() is not None:
             self.supervisor.start("watchdog", self.notifier.keep_alive)
@@ -148,7 +120,7 @@ class Runtime:
         outbox and the state store, in-flight webhooks get ``grace`` seconds, then the files close."""
         self.notifier.stopping("stopping")
         log.info("agent_stopping")
-        await asyncio.gather(*(self._stop_machine(mid) for mid in list(self.machines)))
+        await asyncio.gather(*(self.collection.stop(mid) for mid in list(self.collection.runs)))
         if self._runner is not None:
             await self._runner.cleanup()
         await self.supervisor.stop_all()
@@ -194,40 +166,11 @@ class Runtime:
             out[m.id] = d
         return out
 
-    # ---- machines
-
-    def _start_machine(self, machine: MachineConfig) -> None:
-        from agent.collector import Collector
-
-        collector = Collector(
-            build_driver(machine),
-            poll_interval=machine.poll_interval,
-            sink=self._sink(machine.id),
-            subscribe=machine.subscribes,
-            tags=tuple(machine.connection.tag_names),
-        )
-        self.machines[machine.id] = MachineRun(machine, collector)
-        self.supervisor.start(f"collect:{machine.id}", collector.run)
-
-    async def _stop_machine(self, machine_id: str) -> None:
-        await self.supervisor.stop(f"collect:{machine_id}")
-        self.machines.pop(machine_id, None)
-        self.metrics.forget_machine(machine_id)
-
-    def _sink(self, machine_id: str) -> Callable[[Sequence[Sample]], None]:
-        metrics = self.metrics
-
-        def sink(samples: Sequence[Sample]) -> None:
-            good = sum(1 for s in samples if getattr(s, "quality", Quality.GOOD) is Quality.GOOD)
-            if good:
-                metrics.count_readings(machine_id, good, "good")
-            if len(samples) - good:
-                metrics.count_readings(machine_id, len(samples) - good, "bad")
-            events = self.pipeline.derive(machine_id, samples)
-            if events:
-                self._spawn(self.pipeline.fire(events))
-
-        return sink
+    def _on_samples(self, machine_id: str, samples: Sequence[Sample]) -> None:
+        """Every poll: derive now; only the rare poll that yields events pays for a task to fire them."""
+        events = self.pipeline.derive(machine_id, samples)
+        if events:
+            self._spawn(self.pipeline.fire(events))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -276,12 +219,7 @@ class Runtime:
     def _update_metrics(self) -> None:
         statuses = Counter(str(d.status) for d in self.pipeline.derivers.values())
         self.metrics.set_machine_statuses(statuses)
-        for mid, run in self.machines.items():
-            st = run.collector.stats
-            if st.polls > run.polls_seen:
-                errors = st.errors - run.errors_seen
-                self.metrics.observe_poll(mid, st.last_poll_duration, error="poll" if errors > 0 else None)
-                run.polls_seen, run.errors_seen = st.polls, st.errors
+        self.collection.observe_polls()
         c = self._outbox_counts
         if c is not None:
             self.metrics.set_outbox(
@@ -291,34 +229,23 @@ class Runtime:
                 oldest_pending_age=c.oldest_pending_age or 0.0,  # None when nothing is pending
             )
 
+    def _statuses(self) -> list[str]:
+        return [str(d.status) for d in self.pipeline.derivers.values()] if self.pipeline else []
+
     def status_line(self) -> str:
-        statuses = (
-            Counter(str(d.status) for d in self.pipeline.derivers.values()) if self.pipeline else Counter()
-        )
-        machines = " ".join(f"{k}={v}" for k, v in sorted(statuses.items())) or "no machines"
-        c = self._outbox_counts
-        outbox = f"outbox pending={c.pending} dead={c.dead}" if c is not None else "outbox ?"
-        return f"{machines}; {outbox}"
+        return status_line(self._statuses(), self._outbox_counts)
 
     def health(self) -> Health:
-        reasons: list[str] = []
-        if self._disk_error:
-            reasons.append(f"outbox unavailable: {self._disk_error}")
-        if self.outbox is not None and self.outbox.stats.unavailable:
-            reasons.append("outbox cannot be written (disk full or I/O error); new deliveries wait in memory")
-        if self.pipeline is not None and self.pipeline.pending:
-            reasons.append(f"{self.pipeline.pending} deliveries waiting in memory: the outbox refuses writes")
-        if self.pipeline is not None and self.pipeline.rejected:
-            reasons.append(
-                f"{self.pipeline.rejected} deliveries rejected since start: outbox and memory full"
+        return judge(
+            Facts(
+                disk_error=self._disk_error,
+                outbox_unavailable=self.outbox is not None and self.outbox.stats.unavailable,
+                waiting=self.pipeline.pending if self.pipeline is not None else 0,
+                rejected=self.pipeline.rejected if self.pipeline is not None else 0,
+                counts=self._outbox_counts,
+                statuses=self._statuses(),
             )
-        c = self._outbox_counts
-        if c is not None and c.pending and (c.oldest_pending_age or 0.0) > 600:
-            reasons.append(f"outbox not draining: oldest pending delivery is {c.oldest_pending_age:.0f}s old")
-        statuses = [str(d.status) for d in self.pipeline.derivers.values()] if self.pipeline else []
-        if statuses and all(s == "DISCONNECTED" for s in statuses):
-            reasons.append("every machine is disconnected")
-        return Health(ok=not reasons, reasons=reasons)
+        )
 
     # ---- the API, with /metrics, /healthz, /readyz and reload added to the operator routes
 
@@ -380,17 +307,14 @@ class Runtime:
             log.warning(
                 "reload_needs_restart", detail="state_dir and api changes take effect after a restart"
             )
-        old = {m.id: m for m in self.config.machines}
         fresh = {m.id: m for m in new.machines}
-        removed = [mid for mid in old if mid not in fresh]
-        added = [mid for mid in fresh if mid not in old]
-        changed = [mid for mid in fresh if mid in old and fresh[mid] != old[mid]]
+        removed, added, changed = machine_changes(self.config.machines, new.machines)
         previous = self.config
         try:
             # Stopped first so a changed machine's live state is final when its new deriver takes it
             # over; on any failure below, the finally clause starts every configured machine again.
             for mid in removed + changed:
-                await self._stop_machine(mid)
+                await self.collection.stop(mid)
             self.config = new  # new derivers take the new plant categories
             rebuilt = await self._derivers(
                 [fresh[mid] for mid in added + changed], after_restart=False, live=self.pipeline.derivers
@@ -408,8 +332,13 @@ class Runtime:
         finally:
             # Whatever happened above, every configured machine is collecting afterwards.
             for m in self.config.machines:
-                if m.id not in self.machines:
-                    self._start_machine(m)
+                if m.id not in self.collection:
+                    self.collection.start(m)
+        return self._reloaded(new, added, removed, changed)
+
+    def _reloaded(
+        self, new: Config, added: list[str], removed: list[str], changed: list[str]
+    ) -> dict[str, Any]:
         self.last_reload = {
             "ok": True,
             "added": added,
@@ -437,6 +366,18 @@ class Runtime:
                 loop.remove_signal_handler(sig)
             self.notifier.close()
         return 0
+
+
+def machine_changes(
+    old: Sequence[MachineConfig], new: Sequence[MachineConfig]
+) -> tuple[list[str], list[str], list[str]]:
+    """Machine ids (removed, added, changed) from one configuration to the next."""
+    before = {m.id: m for m in old}
+    after = {m.id: m for m in new}
+    removed = [mid for mid in before if mid not in after]
+    added = [mid for mid in after if mid not in before]
+    changed = [mid for mid in after if mid in before and after[mid] != before[mid]]
+    return removed, added, changed
 
 
 def endpoints_of(config: Config) -> Mapping[str, EndpointConfig]:

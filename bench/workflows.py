@@ -27,6 +27,7 @@ from agent.events import ALARM_TRIGGERED, Event, MachineRef
 from agent.pipeline import Pipeline
 from agent.workflows.match import fires
 from agent.workflows.payload import build_payload, encode
+from agent.workflows.plan import Firing
 from agent.workflows.spec import Workflow, parse_workflow
 from drivers.base import Quality, Reading
 
@@ -110,6 +111,12 @@ def derivers() -> dict[str, MachineDeriver]:
     }
 
 
+async def poll(pipeline: Pipeline, machine_id: str, samples: list[Reading]) -> list[Firing]:
+    """One poll as the runtime's collector sink hands it on: derive, then fire what came out."""
+    events = pipeline.derive(machine_id, samples)
+    return await pipeline.fire(events) if events else []
+
+
 async def bench_pipeline(flows: list[Workflow], folder: Path) -> None:
     outbox = await Outbox.open(folder / "outbox.sqlite3", OutboxConfig())
     ds = derivers()
@@ -118,13 +125,14 @@ async def bench_pipeline(flows: list[Workflow], folder: Path) -> None:
         rounds = 100
         t = time.time()
         for mid in ds:
-            await pipeline.on_samples(mid, [Reading(mid, "execution", "ACTIVE", Quality.GOOD, t)])
+            await poll(pipeline, mid, [Reading(mid, "execution", "ACTIVE", Quality.GOOD, t)])
         t0 = time.perf_counter()
         fired = 0
         for r in range(rounds):
             code = (1001, 0, 2040, 0)[r % 4]
             batch = [
-                pipeline.on_samples(
+                poll(
+                    pipeline,
                     mid,
                     [
                         Reading(mid, "alarm_code", code, Quality.GOOD, t + r),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from agent.commands.simulate_cmd import main
+from simulators.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 from structlog.testing import capture_logs
 
-from agent.collector import Collector, backoff_delay, next_slot
+from agent.collector import Collector, next_slot
+from drivers.backoff import backoff_delay
 from drivers.base import ConnectionState, Quality, Reading, Sample
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.link import LinkPool

@@ -1,4 +1,4 @@
-"""``edge-agent outbox|history|endpoint|secret``: look into and repair webhook delivery.
+"""``edge-agent outbox|history|endpoint``: look into and repair webhook delivery.
 
 The commands open the agent's outbox file directly (WAL lets them while the agent runs). A retry
 made here is picked up by a running agent at its next maintenance pass (within a minute) or wake.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -20,13 +19,18 @@ from agent.config.source import as_duration
 from agent.delivery.outbox import Outbox, OutboxError
 from agent.delivery.retry import CANCELLED, DEAD, DELIVERED, PENDING, STATES
 from agent.delivery.settings import OUTBOX_FILE, OutboxConfig
-from agent.delivery.signing import generate_secret
 from agent.events import iso_utc
 
 T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
+    _register_outbox(sub)
+    _register_history(sub)
+    _register_endpoint(sub)
+
+
+def _register_outbox(sub: argparse._SubParsersAction[Any]) -> None:
     ob = sub.add_parser("outbox", help="list, inspect, retry and purge webhook deliveries")
     obs = ob.add_subparsers(dest="outbox_command", metavar="ACTION", required=True)
 
@@ -66,6 +70,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--older-than", help="only rows last changed longer ago than this, e.g. 7d")
     p.set_defaults(handler=_h_purge)
 
+
+def _register_history(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("history", help="workflow executions: each event and what its webhooks did")
     _state_args(p)
     p.add_argument("--workflow")
@@ -73,6 +79,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(handler=_h_history)
 
+
+def _register_endpoint(sub: argparse._SubParsersAction[Any]) -> None:
     ep = sub.add_parser("endpoint", help="webhook endpoints: state, re-enable after 410 Gone")
     eps = ep.add_subparsers(dest="endpoint_command", metavar="ACTION", required=True)
     p = eps.add_parser("list", help="every URL in the outbox with counts and disabled state")
@@ -82,15 +90,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _state_args(p)
     p.add_argument("url")
     p.set_defaults(handler=_h_endpoint_enable)
-
-    sp = sub.add_parser("secret", help="webhook signing secrets")
-    sps = sp.add_subparsers(dest="secret_command", metavar="ACTION", required=True)
-    p = sps.add_parser("generate", help="print a new whsec_ secret (Standard Webhooks)")
-    p.add_argument("--bytes", type=int, default=32, help="random bytes, 24..64 (default 32)")
-    p.add_argument(
-        "--out", type=Path, help="write it to this file (created with mode 0600, never overwritten)"
-    )
-    p.set_defaults(handler=_h_secret_generate)
 
 
 def _state_args(p: argparse.ArgumentParser) -> None:
@@ -351,15 +350,6 @@ def endpoint_enable(
     return _run(state_dir, config, out, body)
 
 
-def secret_generate(nbytes: int = 32, out: TextIO | None = None) -> int:
-    try:
-        _o(out).write(generate_secret(nbytes) + "\n")
-    except ValueError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    return 0
-
-
 # ---- argparse handlers
 
 
@@ -402,31 +392,3 @@ def _h_endpoint_list(args: argparse.Namespace) -> int:
 
 def _h_endpoint_enable(args: argparse.Namespace) -> int:
     return _with_state(args, endpoint_enable, args.url)
-
-
-def _h_secret_generate(args: argparse.Namespace) -> int:
-    if args.out is None:
-        return secret_generate(args.bytes)
-    return secret_write(args.out, args.bytes)
-
-
-def secret_write(path: Path, nbytes: int = 32) -> int:
-    """A new secret in a file only its owner can read; an existing file is never replaced."""
-    try:
-        secret = generate_secret(nbytes)
-    except ValueError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        print(f"{path} exists; not overwritten (delete it first to rotate)", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    print(f"wrote a new secret to {path}")
-    return 0

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,20 +135,45 @@ async def demo(args: argparse.Namespace) -> int:
     ports = {k: free_port() for k in ("modbus", "opcua", "receiver", "api")}
     secret, token = generate_secret(), generate_secret()
     env = {**os.environ, **prepare(config_dir, root, ports, secret, token), "PYTHONUNBUFFERED": "1"}
+    receiver = await start_receiver(secret, port=ports["receiver"], out=_Printer(args.quiet))  # type: ignore[arg-type]
+    try:
+        rc = await _run_processes(root, ports, env, token, args.seconds)
+    finally:
+        await receiver.stop()
+    if rc is None:
+        return 1
+    invalid = _summary(receiver.received)
+    if not args.keep and rc == 0:
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        print(f"files kept in {root}")
+    if invalid:
+        return 1
+    return rc
+
+
+class _Printer:
+    """The receiver's report of each delivery, on stdout unless ``--quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def write(self, text: str) -> int:
+        if not self.quiet:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+async def _run_processes(
+    root: Path, ports: dict[str, int], env: dict[str, str], token: str, seconds: float
+) -> int | None:
+    """Simulators, then the agent, until the end of the demo; ``None`` if the simulators never came up."""
     cfg = root / "config" / "agent.yaml"
     py = sys.executable
-
-    class Printer:
-        def write(self, text: str) -> int:
-            if not args.quiet:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-            return len(text)
-
-        def flush(self) -> None:
-            sys.stdout.flush()
-
-    receiver = await start_receiver(secret, port=ports["receiver"], out=Printer())  # type: ignore[arg-type]
     sim_log = (root / "simulator.log").open("wb")
     agent_log = (root / "agent.log").open("wb")
     sim = await asyncio.create_subprocess_exec(
@@ -165,40 +191,13 @@ async def demo(args: argparse.Namespace) -> int:
     try:
         if not (await wait_port(ports["modbus"], 30) and await wait_port(ports["opcua"], 30)):
             print(f"demo: the simulators did not start; see {root / 'simulator.log'}", file=sys.stderr)
-            return 1
+            return None
         agent = await asyncio.create_subprocess_exec(
             py, "-m", "agent", "run", "--config", str(cfg),
             stdout=agent_log, stderr=asyncio.subprocess.STDOUT, env=env,
         )  # fmt: skip
-        print(
-            f"edge-agent demo — everything on 127.0.0.1, files in {root}\n"
-            f"  simulators  Modbus :{ports['modbus']}  OPC-UA :{ports['opcua']}  (log: simulator.log)\n"
-            f"  agent       API :{ports['api']}  (log: agent.log, JSON lines)\n"
-            f"  receiver    :{ports['receiver']}  verifying Standard Webhooks signatures\n"
-            f"  try:        EDGE_AGENT_CONFIG={cfg} edge-agent status\n"
-            "Signed deliveries appear below as the machines change"
-            + (f"; stopping after {args.seconds:g}s." if args.seconds else "; Ctrl-C stops everything.")
-            + "\n",
-            flush=True,
-        )
-        started = time.monotonic()
-        triggered = False
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-            if agent.returncode is not None:
-                print(
-                    f"demo: the agent exited with {agent.returncode}; see {root / 'agent.log'}",
-                    file=sys.stderr,
-                )
-                rc = 1
-                break
-            elapsed = time.monotonic() - started
-            if not triggered and elapsed > 12:
-                triggered = True
-                await _manual_trigger(ports["api"], token)
-            if args.seconds and elapsed >= args.seconds:
-                break
+        print(_banner(root, ports, cfg, seconds), flush=True)
+        rc = await _watch(agent, stop, root, ports["api"], token, seconds)
     finally:
         if agent is not None:
             agent_rc = await _stop(agent, "agent")
@@ -206,24 +205,63 @@ async def demo(args: argparse.Namespace) -> int:
                 print(f"demo: the agent exited with {agent_rc}; see {root / 'agent.log'}", file=sys.stderr)
                 rc = 1
         await _stop(sim, "simulators")
-        await receiver.stop()
         sim_log.close()
         agent_log.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    events = Counter(_event_of(r.body) for r in receiver.received)
-    invalid = [r for r in receiver.received if not r.valid]
-    print(f"\ndemo summary: {len(receiver.received)} deliveries, {len(invalid)} with an invalid signature")
+    return rc
+
+
+def _banner(root: Path, ports: dict[str, int], cfg: Path, seconds: float) -> str:
+    return (
+        f"edge-agent demo — everything on 127.0.0.1, files in {root}\n"
+        f"  simulators  Modbus :{ports['modbus']}  OPC-UA :{ports['opcua']}  (log: simulator.log)\n"
+        f"  agent       API :{ports['api']}  (log: agent.log, JSON lines)\n"
+        f"  receiver    :{ports['receiver']}  verifying Standard Webhooks signatures\n"
+        f"  try:        EDGE_AGENT_CONFIG={cfg} edge-agent status\n"
+        "Signed deliveries appear below as the machines change"
+        + (f"; stopping after {seconds:g}s." if seconds else "; Ctrl-C stops everything.")
+        + "\n"
+    )
+
+
+async def _watch(
+    agent: asyncio.subprocess.Process,
+    stop: asyncio.Event,
+    root: Path,
+    api_port: int,
+    token: str,
+    seconds: float,
+) -> int:
+    """Until Ctrl-C, ``seconds`` or the agent's death (then 1); the manual trigger after 12 s."""
+    started = time.monotonic()
+    triggered = False
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        if agent.returncode is not None:
+            print(
+                f"demo: the agent exited with {agent.returncode}; see {root / 'agent.log'}", file=sys.stderr
+            )
+            return 1
+        elapsed = time.monotonic() - started
+        if not triggered and elapsed > 12:
+            triggered = True
+            await _manual_trigger(api_port, token)
+        if seconds and elapsed >= seconds:
+            break
+    return 0
+
+
+def _summary(received: Sequence[Any]) -> int:
+    """Print what arrived per event type; returns how many had an invalid signature."""
+    events = Counter(_event_of(r.body) for r in received)
+    invalid = [r for r in received if not r.valid]
+    print(f"\ndemo summary: {len(received)} deliveries, {len(invalid)} with an invalid signature")
     for name, n in sorted(events.items()):
         print(f"  {n:4d}  {name}")
-    print(json.dumps({"deliveries": len(receiver.received), "invalid": len(invalid), "events": events}))
-    if not args.keep and rc == 0:
-        shutil.rmtree(root, ignore_errors=True)
-    else:
-        print(f"files kept in {root}")
-    if invalid:
-        return 1
-    return rc
+    print(json.dumps({"deliveries": len(received), "invalid": len(invalid), "events": events}))
+    return len(invalid)
 
 
 async def _manual_trigger(api_port: int, token: str) -> None:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _read(machine: Any, args: argparse.Namespace) -> int:
-    from agent.runtime import build_driver
+    from agent.collection import build_driver
     from drivers.base import DriverError
 
     driver = build_driver(machine)

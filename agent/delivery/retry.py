@@ -8,7 +8,7 @@ from __future__ import annotations
 import email.utils
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.delivery.settings import BreakerConfig, DeliveryConfig
 
@@ -72,6 +72,49 @@ def classify(status: int | None, headers: Mapping[str, str], now: float) -> Clas
     if 300 <= status < 400:
         return Classified(Outcome.RETRY, retry_after, "redirect")
     return Classified(Outcome.RETRY, retry_after, f"http_{status}")
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """One attempt as a sender saw it (``senders/base.py``); plain data, so classification stays a pure function.
+
+    ``status`` is the destination's reply in HTTP terms (2xx delivered, 410 gone, 429/503 throttled,
+    other codes failed): a non-HTTP sender maps its protocol's acknowledgement onto these codes.
+    ``None`` means no reply at all; then ``error_class`` says why (``config``, ``timeout``, ``tls``,
+    ``connect``, ``connection``) and ``error`` says it to a person, never with a secret in it.
+    """
+
+    status: int | None
+    latency: float
+    headers: Mapping[str, str] = field(default_factory=dict)
+    response: bytes = b""
+    error_class: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """An attempt's outcome classified, with the error class and message kept in its history."""
+
+    result: Classified
+    error_class: str | None
+    error: str | None
+
+
+def assess(sent: SendOutcome, now: float) -> Assessment:
+    """Classify what a sender returned. With a reply, its status decides the error class and text;
+    without one, the sender's own class and message (timeout, tls, ...) stay."""
+    result = classify(sent.status, sent.headers, now)
+    if sent.status is None:
+        return Assessment(result, sent.error_class, sent.error)
+    error = sent.error
+    if result.outcome is not Outcome.DELIVERED:
+        error = f"HTTP {sent.status}"
+        if 300 <= sent.status < 400:
+            error += f" redirect to {sent.headers.get('Location', '?')} not followed"
+        elif result.outcome is Outcome.ABORTED:
+            error += " and webhook-delivery: abort-message"
+    return Assessment(result, result.error_class, error)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from agent.config.source import (
@@ -81,6 +81,8 @@ class DeliveryConfig:
 class EndpointConfig:
     """Where and how one workflow action delivers; ``key`` is ``"<workflow>#<action index>"``."""
 
+    # The destination kind: selects ``agent/delivery/senders/webhook.py``.
+    kind: ClassVar[str] = "webhook"
     key: str
     url: str
     secrets: tuple[Secret, ...]

@@ -1,4 +1,7 @@
-"""Derivation: readings → status, alarms, downtime, part counts → events. Pure except ``store``."""
+"""Derivation: readings → status, alarms, downtime, part counts → events.
+
+Pure: no I/O. The snapshots are stored by the shell (``agent.state.store``).
+"""
 
 from .alarms import ActiveAlarm
 from .downtime import Downtime

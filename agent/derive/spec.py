@@ -19,7 +19,6 @@ IDLE = "IDLE"
 ALARM = "ALARM"
 SETUP = "SETUP"
 DISCONNECTED = "DISCONNECTED"
-STANDARD_STATES = (ACTIVE, IDLE, ALARM, SETUP, DISCONNECTED)
 # Custom states are allowed (a plant may want WARMUP or OFF); only ACTIVE counts as producing.
 _STATE_WORD = re.compile(r"^[A-Z][A-Z0-9_]*$")
 

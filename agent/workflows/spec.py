@@ -37,7 +37,7 @@ from agent.events import (
     MANUAL_TRIGGER,
     SCHEDULED,
 )
-from agent.workflows.schedule import check_cron, check_timezone
+from agent.workflows.cron import check_cron, check_timezone
 
 if TYPE_CHECKING:
     from agent.delivery.settings import DeliveryConfig, EndpointConfig

@@ -133,14 +133,3 @@ def transformed(
         return word if word is not None else raw * k + d
 
     return mapped_scaled
-
-
-def decode_value(
-    words: Sequence[int],
-    type_: str,
-    byte_order: str = "ABCD",
-    length: int | None = None,
-    bit: int | None = None,
-) -> Any:
-    """One value from exactly the registers it occupies (a convenience for tools and tests)."""
-    return raw_decoder(type_, byte_order, length, bit)(words, 0)

@@ -23,7 +23,7 @@ import structlog
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from agent.collector import backoff_delay
+from drivers.backoff import backoff_delay
 from drivers.base import ConnectionState
 
 log = structlog.get_logger(__name__)

@@ -31,6 +31,7 @@ from tests.workflows.rig import (
     body_of,
     hook,
     make_rig,
+    poll,
     readings,
     workflows_from,
 )
@@ -99,9 +100,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
 
 async def make_downtime(api: Api) -> str:
     p, clock = api.rig.pipeline, api.rig.clock
-    await p.on_samples("mill-01", readings(MILL, clock.now, execution="ACTIVE", alarm_code=0, part_count=1))
+    await poll(p, "mill-01", readings(MILL, clock.now, execution="ACTIVE", alarm_code=0, part_count=1))
     clock.advance(10)
-    await p.on_samples("mill-01", readings(MILL, clock.now, execution="STOPPED"))
+    await poll(p, "mill-01", readings(MILL, clock.now, execution="STOPPED"))
     clock.advance(1800)
     await p.tick()
     dt = p.derivers["mill-01"].open_downtime  # type: ignore[attr-defined]

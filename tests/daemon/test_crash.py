@@ -26,10 +26,10 @@ import pytest
 
 from agent.delivery.outbox import DeliverySummary, NewDelivery, Outbox
 from agent.delivery.settings import OUTBOX_FILE, OutboxConfig
-from agent.derive.store import DeriveStore
-from agent.pipeline import JOURNAL_KEY, journal_entry, journal_rows
 from agent.receiver import Received, Receiver
 from agent.runtime import STATE_FILE
+from agent.state.journal import JOURNAL_KEY, journal_entry, journal_rows
+from agent.state.store import StateStore
 from simulators.modbus_server import ModbusSimulator, start_modbus_server
 from simulators.model import Execution, MachineState
 from tests.daemon.conftest import EVENT_WITHIN, AgentDir, AgentProcess, NotifySocket, machine_yaml
@@ -101,7 +101,7 @@ async def read_outbox(path: Path) -> list[tuple[DeliverySummary, bytes]]:
 
 async def read_journal(state_file: Path) -> dict[str, bytes]:
     """Rows the agent had saved with its derived state but the outbox had not confirmed yet."""
-    store = await DeriveStore.open(state_file)
+    store = await StateStore.open(state_file)
     try:
         rows = journal_rows((await store.load_all()).get(JOURNAL_KEY))
     finally:
@@ -256,7 +256,7 @@ async def test_rows_saved_with_the_state_but_cut_off_before_the_outbox_are_sent_
         for n in (1, 2)
     ]
     files.state_dir.mkdir()
-    store = await DeriveStore.open(files.state_dir / STATE_FILE)
+    store = await StateStore.open(files.state_dir / STATE_FILE)
     try:
         await store.save_many({JOURNAL_KEY: {"rows": [journal_entry(r) for r in rows]}})
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.commands import deliver_cmd
+from agent.commands import deliver_cmd, secret_cmd
 from agent.delivery.outbox import AttemptRecord, Outbox
 from agent.delivery.retry import Decision
 from agent.delivery.settings import OUTBOX_FILE, OutboxConfig
@@ -115,9 +115,9 @@ def test_missing_outbox_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_secret_generate() -> None:
-    code, text = run(deliver_cmd.secret_generate)
+    code, text = run(secret_cmd.secret_generate)
     assert code == 0 and len(decode_secret(text.strip())) == 32
-    assert run(deliver_cmd.secret_generate, 8)[0] == 2
+    assert run(secret_cmd.secret_generate, 8)[0] == 2
 
 
 def test_commands_through_the_cli_with_agent_yaml(state: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.delivery.outbox import SCHEMA_VERSION, AttemptRecord, Outbox, OutboxFull, OutboxUnavailable
+from agent.delivery.outbox import (
+    SCHEMA_VERSION,
+    AttemptRecord,
+    Outbox,
+    OutboxFull,
+    OutboxUnavailable,
+    checksum,
+)
 from agent.delivery.retry import Decision
 from agent.delivery.settings import OutboxConfig
+from tests.drills import set_page_limit
 
 from .conftest import FakeClock, delivery
 
@@ -28,6 +36,13 @@ async def test_schema_is_versioned_wal_and_full_sync(outbox: Outbox) -> None:
         assert {"deliveries_state_updated", "deliveries_active_created"} <= indexes
     rows = await outbox._w.execute_fetchall("PRAGMA synchronous")
     assert next(iter(rows))[0] == 2  # FULL
+
+
+async def test_the_writer_is_the_only_connection_that_can_write(outbox: Outbox) -> None:
+    await outbox.enqueue([delivery(1)])
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await outbox.reader.execute("DELETE FROM deliveries")
+    assert (await outbox.counts()).pending == 1
 
 
 async def test_enqueue_returns_when_rows_are_visible_to_another_connection(outbox: Outbox) -> None:
@@ -49,11 +64,11 @@ async def test_a_message_id_is_accepted_once(outbox: Outbox) -> None:
 async def test_version_1_outbox_is_migrated_keeping_the_first_of_duplicate_messages(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    from agent.delivery import outbox as outbox_module
+    from agent.delivery.outbox import schema as outbox_module
 
     path = tmp_path / "v1.sqlite3"
     with raw(path) as c:
-        c.executescript(outbox_module._MIGRATIONS[0])
+        c.executescript(outbox_module.MIGRATIONS[0])
         c.execute("PRAGMA user_version = 1")
         for body in (b"first", b"second"):
             c.execute(
@@ -61,7 +76,7 @@ async def test_version_1_outbox_is_migrated_keeping_the_first_of_duplicate_messa
                 " checksum, created_at, age_base, due_at, state, updated_at)"
                 " VALUES ('msg_dup', 'wf#0', 'http://127.0.0.1:1/', 'wf', 'scheduled', 'e1', ?, ?, 0, 0, 0,"
                 " 'pending', 0)",
-                (body, outbox_module.checksum(body)),
+                (body, checksum(body)),
             )
     box = await Outbox.open(path, OutboxConfig(), clock=clock)
     await box.close()
@@ -71,11 +86,11 @@ async def test_version_1_outbox_is_migrated_keeping_the_first_of_duplicate_messa
 
 
 async def test_version_2_outbox_gains_the_maintenance_indexes(tmp_path: Path, clock: FakeClock) -> None:
-    from agent.delivery import outbox as outbox_module
+    from agent.delivery.outbox import schema as outbox_module
 
     path = tmp_path / "v2.sqlite3"
     with raw(path) as c:
-        c.executescript(outbox_module._MIGRATIONS[0] + ";" + outbox_module._MIGRATIONS[1])
+        c.executescript(outbox_module.MIGRATIONS[0] + ";" + outbox_module.MIGRATIONS[1])
         c.execute("PRAGMA user_version = 2")
     box = await Outbox.open(path, OutboxConfig(), clock=clock)
     await box.enqueue([delivery(1)])
@@ -273,7 +288,7 @@ async def test_disk_full_is_unavailable_then_recovers_without_loss(tmp_path: Pat
     await box.enqueue([delivery(i) for i in range(10)])
     with raw(path) as c:
         pages = c.execute("PRAGMA page_count").fetchone()[0]
-    assert await box.set_page_limit(pages) == pages
+    assert await set_page_limit(box, pages) == pages
     big = [delivery(i, body=b'{"seq": %d, "pad": "%s"}' % (i, b"x" * 4000)) for i in range(10, 60)]
     with pytest.raises(OutboxUnavailable, match="full"):
         await box.enqueue(big)
@@ -283,7 +298,7 @@ async def test_disk_full_is_unavailable_then_recovers_without_loss(tmp_path: Pat
     assert c.pending == 10
     with raw(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    await box.set_page_limit(1_000_000)
+    await set_page_limit(box, 1_000_000)
     await box.enqueue(big)  # the caller kept the items and retries
     assert not box.stats.unavailable
     assert (await box.counts()).pending == 60

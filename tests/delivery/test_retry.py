@@ -15,15 +15,38 @@ from agent.delivery.retry import (
     CircuitBreaker,
     Classified,
     Outcome,
+    assess,
     classify,
     decide,
     parse_retry_after,
     schedule_delay,
 )
+from agent.delivery.senders.base import SendOutcome
 from agent.delivery.settings import DEFAULT_RETRY_SCHEDULE, BreakerConfig, DeliveryConfig
 
 NOW = 1_800_000_000.0
 CFG = DeliveryConfig(jitter=0.0)
+
+
+def test_an_attempt_without_reply_keeps_the_senders_error_class_and_message() -> None:
+    got = assess(SendOutcome(None, 0.1, error_class="timeout", error="no response within 5 s"), NOW)
+    assert got.result.outcome is Outcome.RETRY
+    assert (got.error_class, got.error) == ("timeout", "no response within 5 s")
+
+
+def test_a_reply_is_described_by_its_status_whatever_the_sender_said() -> None:
+    ok = assess(SendOutcome(204, 0.1), NOW)
+    assert (ok.result.outcome, ok.error_class, ok.error) == (Outcome.DELIVERED, None, None)
+    failed = assess(SendOutcome(500, 0.1, response=b"oops"), NOW)
+    assert (failed.error_class, failed.error) == ("http_500", "HTTP 500")
+    moved = assess(SendOutcome(301, 0.1, {"Location": "https://new.example/hook"}), NOW)
+    assert moved.error == "HTTP 301 redirect to https://new.example/hook not followed"
+    aborted = assess(SendOutcome(400, 0.1, {"webhook-delivery": "abort-message"}), NOW)
+    assert aborted.result.outcome is Outcome.ABORTED
+    assert aborted.error == "HTTP 400 and webhook-delivery: abort-message"
+    # The body of a 2xx that broke off mid-read is not a failure: the receiver has the message.
+    cut = assess(SendOutcome(200, 0.1, error_class="connection", error="ClientPayloadError: cut"), NOW)
+    assert cut.result.outcome is Outcome.DELIVERED
 
 
 def test_classify_status_codes() -> None:

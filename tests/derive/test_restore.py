@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from agent.derive import SnapshotError
-from agent.derive.store import DeriveStore, StoreError
 from agent.events import DOWNTIME_ENDED, DOWNTIME_EXCEEDED, DOWNTIME_STARTED
+from agent.state.store import StateStore, StoreError
 
 from .builders import IDLE_VALUES, deriver, good, kinds, notice
 
@@ -95,7 +95,7 @@ def test_a_damaged_snapshot_names_the_field_and_changes_nothing(mutate: Any, mes
 async def test_store_round_trip_on_a_real_sqlite_file(tmp_path: Path) -> None:
     path = tmp_path / "state" / "derive.sqlite3"
     first = mid_downtime()
-    async with await DeriveStore.open(path) as store:
+    async with await StateStore.open(path) as store:
         await store.save("mill-01", first.snapshot())
         await store.save_many({"mill-01": first.snapshot(), "lathe-02": {"version": 1, "x": [1, 2]}})
     conn = sqlite3.connect(path)
@@ -105,7 +105,7 @@ async def test_store_round_trip_on_a_real_sqlite_file(tmp_path: Path) -> None:
         assert conn.execute("SELECT count(*) FROM machine_state").fetchone()[0] == 2
     finally:
         conn.close()
-    async with await DeriveStore.open(path) as store:
+    async with await StateStore.open(path) as store:
         loaded = await store.load_all()
         assert set(loaded) == {"mill-01", "lathe-02"}
         restored = deriver(exceeded_after=[600, 1800])
@@ -117,25 +117,25 @@ async def test_store_round_trip_on_a_real_sqlite_file(tmp_path: Path) -> None:
 
 async def test_store_skips_an_undecodable_row_and_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "derive.sqlite3"
-    async with await DeriveStore.open(path) as store:
+    async with await StateStore.open(path) as store:
         await store.save_many({"a": {"version": 1}, "b": {"version": 1}}, now=1.0)
     conn = sqlite3.connect(path)
     conn.execute("UPDATE machine_state SET snapshot = '{broken' WHERE machine_id = 'b'")
     conn.commit()
-    async with await DeriveStore.open(path) as store:
+    async with await StateStore.open(path) as store:
         assert set(await store.load_all()) == {"a"}
     conn.execute("PRAGMA user_version=7")
     conn.commit()
     conn.close()
     with pytest.raises(StoreError, match="newer edge-agent"):
-        await DeriveStore.open(path)
+        await StateStore.open(path)
 
 
 async def test_store_names_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     path = tmp_path / "derive.sqlite3"
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match=str(path)):
-        await DeriveStore.open(path)
+        await StateStore.open(path)
 
 
 def test_a_reload_keeps_alarms_known_and_a_flapping_alarm_keeps_the_snapshot_small() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from agent.commands.simulate_cmd import main
+from simulators.cli import main
 from simulators.model import Execution
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,6 +21,7 @@ from agent.delivery.settings import DeliveryConfig, EndpointConfig, OutboxConfig
 from agent.derive import Categories, MachineDeriver, parse_derivation
 from agent.events import MachineRef
 from agent.pipeline import Pipeline
+from agent.workflows.plan import Firing
 from agent.workflows.spec import Workflow, load_workflows
 from drivers.base import Quality, Reading
 
@@ -212,3 +213,9 @@ def body_of(r: Received) -> dict[str, Any]:
     data = json.loads(r.body)
     assert isinstance(data, dict)
     return data
+
+
+async def poll(pipeline: Pipeline, machine_id: str, samples: Sequence[Any]) -> list[Firing]:
+    """One poll's samples, as the runtime's collector sink hands them on: derive, then fire."""
+    events = pipeline.derive(machine_id, samples)
+    return await pipeline.fire(events) if events else []

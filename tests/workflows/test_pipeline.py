@@ -18,7 +18,6 @@ import pytest
 from agent.delivery.outbox import Outbox
 from agent.delivery.settings import OutboxConfig
 from agent.derive.errors import UnknownCategory, UnknownDowntime
-from agent.derive.store import DeriveStore
 from agent.events import ALARM_TRIGGERED, MACHINE_STATUS_CHANGED, MachineRef, iso_utc
 from agent.pipeline import (
     NotManual,
@@ -27,10 +26,25 @@ from agent.pipeline import (
     UnknownMachine,
     UnknownWorkflow,
     WorkflowDisabled,
-    message_id,
 )
+from agent.state.journal import JOURNAL_KEY
+from agent.state.store import StateStore
+from agent.workflows.plan import message_id
+from tests.drills import set_page_limit
 
-from .rig import LATHE, MILL, FakeClock, Receiver, body_of, derivers, hook, make_rig, readings, workflows_from
+from .rig import (
+    LATHE,
+    MILL,
+    FakeClock,
+    Receiver,
+    body_of,
+    derivers,
+    hook,
+    make_rig,
+    poll,
+    readings,
+    workflows_from,
+)
 
 DAY = 86400.0
 OPERATOR = {"id": "op456", "name": "John Smith"}
@@ -52,12 +66,12 @@ async def run_until_down(
 ) -> None:
     """ACTIVE, then stopped (IDLE, or ALARM with ``code``) for longer than the 1 min micro-stop."""
     start = readings(machine, clock.now, execution="ACTIVE", alarm_code=0, alarm_severity=0, part_count=100)
-    await pipeline.on_samples(machine.id, start)
+    await poll(pipeline, machine.id, start)
     clock.advance(10)
     stop = readings(
         machine, clock.now, execution="STOPPED", alarm_code=code, alarm_severity=800 if code else 0
     )
-    await pipeline.on_samples(machine.id, stop)
+    await poll(pipeline, machine.id, stop)
     clock.advance(61)
     await pipeline.tick()
 
@@ -161,9 +175,9 @@ async def test_downtime_exceeded_fires_exactly_once_per_downtime(tmp_path: Path,
             clock.now = down_since + minute * 60
             assert await rig.pipeline.tick() == []
         # Production resumes, then a second downtime: its own single notification.
-        await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="ACTIVE"))
+        await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, execution="ACTIVE"))
         clock.advance(600)
-        await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="STOPPED"))
+        await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, execution="STOPPED"))
         second_since = clock.now
         for minute in (1, 10, 30, 31, 60):
             clock.now = second_since + minute * 60
@@ -202,17 +216,17 @@ async def test_scheduled_production_sync_counts_since_last_run(tmp_path: Path, r
     p = rig.pipeline
     try:
         for machine in (MILL, LATHE):
-            await p.on_samples(machine.id, readings(machine, clock.now, execution="ACTIVE", part_count=100))
+            await poll(p, machine.id, readings(machine, clock.now, execution="ACTIVE", part_count=100))
         clock.advance(600)
-        await p.on_samples("mill-01", readings(MILL, clock.now, part_count=105))
-        await p.on_samples("lathe-02", readings(LATHE, clock.now, part_count=150))
+        await poll(p, "mill-01", readings(MILL, clock.now, part_count=105))
+        await poll(p, "lathe-02", readings(LATHE, clock.now, part_count=150))
         clock.now = start + 3599
         assert await p.tick() == []
         clock.now = start + 3600 + 5  # 23:00:05 Berlin
         (first_run,) = await p.tick()
         assert await p.tick() == []  # once per schedule time, not per tick
         clock.advance(3600)
-        await p.on_samples("mill-01", readings(MILL, clock.now, part_count=112))
+        await poll(p, "mill-01", readings(MILL, clock.now, part_count=112))
         clock.now = start + 3600 + DAY + 1  # the next evening
         (second_run,) = await p.tick()
         first, second = await receiver.wait_for(2)
@@ -303,8 +317,10 @@ async def test_alarm_and_status_filters_scope_and_disabled(tmp_path: Path) -> No
     fired: list[tuple[str, str | None, str]] = []
     try:
         for machine in (MILL, LATHE):
-            for ex in await p.on_samples(
-                machine.id, readings(machine, clock.now, execution="ACTIVE", alarm_code=0, alarm_severity=0)
+            for ex in await poll(
+                p,
+                machine.id,
+                readings(machine, clock.now, execution="ACTIVE", alarm_code=0, alarm_severity=0),
             ):
                 fired.append((ex.workflow, ex.machine_id, ex.event_type))
         steps = [
@@ -317,7 +333,7 @@ async def test_alarm_and_status_filters_scope_and_disabled(tmp_path: Path) -> No
         ]
         for machine, values in steps:
             clock.advance(5)
-            for ex in await p.on_samples(machine.id, readings(machine, clock.now, **values)):
+            for ex in await poll(p, machine.id, readings(machine, clock.now, **values)):
                 fired.append((ex.workflow, ex.machine_id, ex.event_type))
         rows = await rig.outbox.list(limit=100)
     finally:
@@ -348,13 +364,13 @@ async def test_min_interval_throttles_per_machine(tmp_path: Path) -> None:
     counts = []
     try:
         for machine in (MILL, LATHE):
-            await p.on_samples(machine.id, readings(machine, clock.now, execution="ACTIVE", alarm_code=0))
+            await poll(p, machine.id, readings(machine, clock.now, execution="ACTIVE", alarm_code=0))
         for code in (1001, 0, 1002, 0, 1003):  # three alarms within a minute on the mill
             clock.advance(10)
-            counts.append(len(await p.on_samples("mill-01", readings(MILL, clock.now, alarm_code=code))))
-        counts.append(len(await p.on_samples("lathe-02", readings(LATHE, clock.now, alarm_code=1001))))
+            counts.append(len(await poll(p, "mill-01", readings(MILL, clock.now, alarm_code=code))))
+        counts.append(len(await poll(p, "lathe-02", readings(LATHE, clock.now, alarm_code=1001))))
         clock.advance(300)
-        counts.append(len(await p.on_samples("mill-01", readings(MILL, clock.now, alarm_code=2040))))
+        counts.append(len(await poll(p, "mill-01", readings(MILL, clock.now, alarm_code=2040))))
     finally:
         await rig.close()
     assert counts == [1, 0, 0, 0, 0, 1, 1]
@@ -397,11 +413,11 @@ async def test_refused_rows_wait_in_memory_and_are_enqueued_later(tmp_path: Path
     clock = past_clock()
     rig = await make_rig(tmp_path, flows, clock, dispatch=False)
     try:
-        pages = await rig.outbox.set_page_limit(1)  # the disk-full drill: no page can be added
-        await rig.outbox.set_page_limit(max(pages, 1))
+        pages = await set_page_limit(rig.outbox, 1)  # the disk-full drill: no page can be added
+        await set_page_limit(rig.outbox, max(pages, 1))
         held = await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000)
         held_count = rig.pipeline.pending
-        await rig.outbox.set_page_limit(1_000_000)
+        await set_page_limit(rig.outbox, 1_000_000)
         await rig.pipeline.tick()
         rows = (await rig.outbox.list()).items
     finally:
@@ -421,11 +437,11 @@ async def test_rows_beyond_the_memory_limit_are_rejected_and_counted_not_dropped
     rig = await make_rig(tmp_path, flows, past_clock(), dispatch=False)
     rig.pipeline.max_waiting = 2
     try:
-        pages = await rig.outbox.set_page_limit(1)  # the disk-full drill
-        await rig.outbox.set_page_limit(max(pages, 1))
+        pages = await set_page_limit(rig.outbox, 1)  # the disk-full drill
+        await set_page_limit(rig.outbox, max(pages, 1))
         fired = [await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000) for _ in range(3)]
         waiting, rejected, refusing = rig.pipeline.pending, rig.pipeline.rejected, rig.pipeline.refusing
-        await rig.outbox.set_page_limit(1_000_000)
+        await set_page_limit(rig.outbox, 1_000_000)
         await rig.pipeline.tick()
         rows = (await rig.outbox.list()).items
     finally:
@@ -449,21 +465,21 @@ async def test_schedule_and_derived_state_survive_a_restart(tmp_path: Path) -> N
     start = datetime(day.year, day.month, day.day, 22, 0, tzinfo=berlin).timestamp()
     clock = FakeClock(start)
 
-    store = await DeriveStore.open(tmp_path / "state.sqlite3")
+    store = await StateStore.open(tmp_path / "state.sqlite3")
     rig = await make_rig(tmp_path, flows, clock, dispatch=False, store=store)
-    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, execution="ACTIVE", part_count=10))
+    await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, execution="ACTIVE", part_count=10))
     clock.advance(60)
-    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, part_count=14))
+    await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, part_count=14))
     clock.now = start + 3605
     (run1,) = await rig.pipeline.tick()
     clock.advance(60)
-    await rig.pipeline.on_samples("mill-01", readings(MILL, clock.now, part_count=20))
+    await poll(rig.pipeline, "mill-01", readings(MILL, clock.now, part_count=20))
     await rig.pipeline.close()
     await rig.close()
     await store.close()
 
     # The agent is down over the next 23:00 and comes back at 23:30: that run happens once, at once.
-    store = await DeriveStore.open(tmp_path / "state.sqlite3")
+    store = await StateStore.open(tmp_path / "state.sqlite3")
     saved = await store.load_all()
     restored = derivers()
     for mid, d in restored.items():
@@ -488,3 +504,40 @@ async def test_schedule_and_derived_state_survive_a_restart(tmp_path: Path) -> N
     assert body["timestamp"] == iso_utc(start + 3600 + DAY)  # the missed schedule time, not the restart time
     assert body["production"]["since"] == iso_utc(start + 3600)
     assert body["production"]["machines"] == [{"machine": MILL.as_dict(), "parts": 6}]
+
+
+async def test_a_firing_stores_the_state_its_events_came_from_while_a_later_poll_waits(
+    tmp_path: Path,
+) -> None:
+    """The runtime fires a poll's events in a task; the next poll of the same machine may derive
+    before that task runs. The firing must still store the machine's state that produced its rows
+    (a kill -9 right after would otherwise restart from an older state and derive the same change
+    again under a new id), and must not store the later poll's state ahead of the journal."""
+    flows = workflows_from(
+        tmp_path,
+        {"feed": "name: Feed\ntrigger: {type: machine_status_changed}\n" + hook("http://127.0.0.1:9/")},
+    )
+    clock = past_clock()
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False, store=store)
+    try:
+        pipeline = rig.pipeline
+        first = pipeline.derive("mill-01", readings(MILL, clock.now, execution="ACTIVE", alarm_code=0))
+        clock.advance(5)
+        second = pipeline.derive("mill-01", readings(MILL, clock.now, execution="STOPPED", alarm_code=0))
+        assert first and second
+        (fired,) = await pipeline.fire(first)
+        saved = await store.load_all()
+        journaled = {row["message_id"] for row in saved[JOURNAL_KEY]["rows"]}
+        assert set(fired.message_ids) <= journaled
+        # The stored state is the one right after the first poll: ACTIVE, not the second poll's.
+        restored = derivers()["mill-01"]
+        restored.restore(saved["mill-01"])
+        assert restored.status == "ACTIVE"
+        await pipeline.fire(second)
+        restored = derivers()["mill-01"]
+        restored.restore((await store.load_all())["mill-01"])
+        assert restored.status != "ACTIVE"
+    finally:
+        await rig.close()
+        await store.close()

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.workflows.schedule import check_cron, check_timezone, next_fire, previous_fire
+from agent.workflows.cron import check_cron, check_timezone, next_fire, previous_fire
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

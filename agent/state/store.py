@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite
 import structlog
 
-from .errors import DeriveError
+from agent.derive.errors import DeriveError
 
 log = structlog.get_logger(__name__)
 
@@ -37,13 +37,13 @@ class StoreError(DeriveError):
     """The state database cannot be used; the message names the file and what is wrong."""
 
 
-class DeriveStore:
+class StateStore:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
         self.path = path
 
     @classmethod
-    async def open(cls, path: Path) -> DeriveStore:
+    async def open(cls, path: Path) -> StateStore:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ class DeriveStore:
     async def close(self) -> None:
         await self._db.close()
 
-    async def __aenter__(self) -> DeriveStore:
+    async def __aenter__(self) -> StateStore:
         return self
 
     async def __aexit__(

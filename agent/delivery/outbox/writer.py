@@ -1,0 +1,149 @@
+"""The outbox's only writer: one task, one connection, group commit.
+
+Every write of the outbox (enqueue, attempt results, operator actions, pruning) is a list of
+statements handed to ``submit``; the writer task commits whatever is queued when it gets to run in
+one transaction, so concurrent callers share one fsync. A run of *mergeable* operations (independent
+rows, such as inserts and attempt results) becomes one ``executemany`` per distinct statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from agent.delivery.records import OutboxError, OutboxStats, OutboxUnavailable
+
+log = structlog.get_logger(__name__)
+
+# (SQL, parameter rows): one parameter row runs ``execute``, several run ``executemany``.
+Statements = list[tuple[str, list[Sequence[Any]]]]
+
+
+@dataclass
+class _Op:
+    statements: Statements
+    future: asyncio.Future[list[int]]
+    mergeable: bool = False
+    on_commit: Callable[[], None] | None = None
+
+
+class Writer:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, stats: OutboxStats) -> None:
+        self.conn = conn
+        self.path = path
+        self.stats = stats
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._write_loop(), name="outbox-writer")
+
+    async def close(self) -> None:
+        """Let queued writes finish (they were accepted and their callers wait), then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            done = asyncio.get_running_loop().create_future()
+            self._queue.put_nowait(_Op([], done))
+            with contextlib.suppress(OutboxError):
+                await done
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.conn.close()
+
+    def submit(
+        self,
+        statements: Statements,
+        *,
+        mergeable: bool = False,
+        on_commit: Callable[[], None] | None = None,
+    ) -> asyncio.Future[list[int]]:
+        """Queue one operation; the future gets each statement's rowcount once committed.
+
+        ``on_commit`` runs right after the commit, before any caller resumes (counters stay exact)."""
+        if self._closed:
+            raise OutboxError("outbox is closed")
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Op(statements, fut, mergeable, on_commit))
+        return fut
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Op]) -> None:
+        try:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            results = await self._execute(batch)
+            await self.conn.execute("COMMIT")
+        except Exception as exc:  # the writer must survive anything a batch can raise
+            with contextlib.suppress(sqlite3.Error):
+                await self.conn.execute("ROLLBACK")
+            self._failed(batch, exc)
+            return
+        if self.stats.unavailable:
+            log.warning("outbox.writable_again", path=str(self.path))
+            self.stats.unavailable = False
+        self.stats.committed_batches += 1
+        for op, res in zip(batch, results, strict=True):
+            if op.on_commit is not None:
+                op.on_commit()
+            if not op.future.done():
+                op.future.set_result(res)
+
+    async def _execute(self, batch: list[_Op]) -> list[list[int]]:
+        results: list[list[int]] = [[] for _ in batch]
+        i = 0
+        while i < len(batch):
+            if not batch[i].mergeable:
+                for sql, params in batch[i].statements:
+                    if len(params) == 1:
+                        cur = await self.conn.execute(sql, params[0])
+                    else:
+                        cur = await self.conn.executemany(sql, params)
+                    results[i].append(cur.rowcount)
+                i += 1
+                continue
+            # A run of mergeable ops touches independent rows: one executemany per distinct SQL.
+            grouped: dict[str, list[Sequence[Any]]] = {}
+            while i < len(batch) and batch[i].mergeable:
+                for sql, params in batch[i].statements:
+                    grouped.setdefault(sql, []).extend(params)
+                i += 1
+            for sql, params in grouped.items():
+                await self.conn.executemany(sql, params)
+        return results
+
+    def _failed(self, batch: list[_Op], exc: Exception) -> None:
+        self.stats.write_errors += 1
+        err: OutboxError
+        if isinstance(exc, sqlite3.Error):
+            if not self.stats.unavailable:
+                log.error("outbox.write_failed", path=str(self.path), error=str(exc), ops=len(batch))
+            self.stats.unavailable = True
+            err = OutboxUnavailable(f"outbox {self.path} cannot be written: {exc}")
+        else:
+            log.error("outbox.write_rejected", path=str(self.path), error=repr(exc), ops=len(batch))
+            # Other callers share this transaction: for them it is a transient failure.
+            err = OutboxUnavailable(f"outbox {self.path} write failed: {type(exc).__name__}: {exc}")
+        for op in batch:
+            if not op.future.done():
+                op.future.set_exception(err)

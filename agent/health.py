@@ -1,0 +1,54 @@
+"""Whether the agent is healthy, and the one-line status for systemd: pure judgements over facts the
+runtime gathers (``/readyz``, ``STATUS=``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# A pending delivery older than this means the outbox is not draining.
+NOT_DRAINING_AGE = 600.0
+
+
+@dataclass
+class Health:
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Facts:
+    disk_error: str | None = None  # the last outbox read failed
+    outbox_unavailable: bool = False  # the outbox's last write failed
+    waiting: int = 0  # deliveries held in memory because the outbox refuses them
+    rejected: int = 0  # deliveries given up since start
+    counts: Any = None  # the last ``OutboxCounts`` read (None: not read yet)
+    statuses: Sequence[str] = ()  # each machine's status
+
+
+def judge(f: Facts) -> Health:
+    reasons: list[str] = []
+    if f.disk_error:
+        reasons.append(f"outbox unavailable: {f.disk_error}")
+    if f.outbox_unavailable:
+        reasons.append("outbox cannot be written (disk full or I/O error); new deliveries wait in memory")
+    if f.waiting:
+        reasons.append(f"{f.waiting} deliveries waiting in memory: the outbox refuses writes")
+    if f.rejected:
+        reasons.append(f"{f.rejected} deliveries rejected since start: outbox and memory full")
+    c = f.counts
+    if c is not None and c.pending and (c.oldest_pending_age or 0.0) > NOT_DRAINING_AGE:
+        reasons.append(f"outbox not draining: oldest pending delivery is {c.oldest_pending_age:.0f}s old")
+    if f.statuses and all(s == "DISCONNECTED" for s in f.statuses):
+        reasons.append("every machine is disconnected")
+    return Health(ok=not reasons, reasons=reasons)
+
+
+def status_line(statuses: Sequence[str], counts: Any) -> str:
+    """``ACTIVE=3 IDLE=1; outbox pending=0 dead=0`` (systemd ``STATUS=``)."""
+    by = Counter(statuses)
+    machines = " ".join(f"{k}={v}" for k, v in sorted(by.items())) or "no machines"
+    outbox = f"outbox pending={counts.pending} dead={counts.dead}" if counts is not None else "outbox ?"
+    return f"{machines}; {outbox}"
