@@ -24,6 +24,7 @@ from agent.config.machines import MachineConfig
 from agent.delivery.settings import OUTBOX_FILE, EndpointConfig
 from agent.metrics import Metrics
 from agent.notify import Notifier
+from agent.state_lock import StateDirLock, lock_state_dir, prepare_state_dir
 from agent.supervisor import Supervisor
 from drivers.base import Driver, Quality, Sample
 
@@ -33,6 +34,8 @@ STATE_FILE = "state.sqlite3"
 TICK_SECONDS = 1.0
 # counts() scans the outbox table (0.1-0.2 s at a million rows, off the loop): not every tick.
 OUTBOX_COUNTS_SECONDS = 10.0
+# asyncio gives no "accept works again" signal: an EMFILE episode is over after this long.
+ACCEPT_EPISODE_SECONDS = 60.0
 
 
 def build_driver(machine: MachineConfig) -> Driver:
@@ -60,8 +63,12 @@ class MachineRun:
 
 @dataclass
 class Health:
+    """``reasons`` are safe for anyone who can reach the port; ``detail`` (internal error text, file
+    paths) only for callers with the API token."""
+
     ok: bool
     reasons: list[str] = field(default_factory=list)
+    detail: dict[str, str] = field(default_factory=dict)
 
 
 class Runtime:
@@ -96,6 +103,8 @@ class Runtime:
         self._outbox_counts: Any = None
         self._disk_error: str | None = None
         self._counts_at = 0.0
+        self._lock: StateDirLock | None = None
+        self._accept_failing = False
 
     # ---- start / stop
 
@@ -107,7 +116,9 @@ class Runtime:
 
         cfg = self.config
         state_dir = cfg.agent.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
+        prepare_state_dir(state_dir)
+        # Before any file is opened: a second agent on the same outbox would deliver every row twice.
+        self._lock = lock_state_dir(state_dir)
         self.outbox = await Outbox.open(state_dir / OUTBOX_FILE, cfg.agent.outbox)
         self.store = await StateStore.open(state_dir / STATE_FILE)
         derivers = await self._derivers(cfg.machines)
@@ -166,6 +177,8 @@ class Runtime:
             await self.store.close()
         if self.outbox is not None:
             await self.outbox.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("agent_stopped")
 
     async def _derivers(
@@ -302,8 +315,10 @@ class Runtime:
 
     def health(self) -> Health:
         reasons: list[str] = []
+        detail: dict[str, str] = {}
         if self._disk_error:
-            reasons.append(f"outbox unavailable: {self._disk_error}")
+            reasons.append("outbox unavailable: it cannot be read (see the agent log)")
+            detail["outbox_error"] = self._disk_error
         if self.outbox is not None and self.outbox.stats.unavailable:
             reasons.append("outbox cannot be written (disk full or I/O error); new deliveries wait in memory")
         if self.pipeline is not None and self.pipeline.pending:
@@ -318,7 +333,7 @@ class Runtime:
         statuses = [str(d.status) for d in self.pipeline.derivers.values()] if self.pipeline else []
         if statuses and all(s == "DISCONNECTED" for s in statuses):
             reasons.append("every machine is disconnected")
-        return Health(ok=not reasons, reasons=reasons)
+        return Health(ok=not reasons, reasons=reasons, detail=detail)
 
     # ---- the API, with /metrics, /healthz, /readyz and reload added to the operator routes
 
@@ -348,8 +363,12 @@ class Runtime:
         return web.json_response({"status": "ok", "uptime_seconds": round(self.clock() - self.started_at, 1)})
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        from agent.api.server import is_authorized
+
         h = self.health()
-        body = {"status": "ready" if h.ok else "degraded", "reasons": h.reasons}
+        body: dict[str, Any] = {"status": "ready" if h.ok else "degraded", "reasons": h.reasons}
+        if h.detail and is_authorized(request):
+            body["detail"] = h.detail
         return web.json_response(body, status=200 if h.ok else 503)
 
     async def _reload_handler(self, request: web.Request) -> web.Response:
@@ -428,6 +447,7 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.set_exception_handler(self._loop_exception)
         try:
             await self.start()
             await self.stopping.wait()
@@ -437,6 +457,21 @@ class Runtime:
                 loop.remove_signal_handler(sig)
             self.notifier.close()
         return 0
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio retries a listening socket's accept() every second while descriptors run out
+        (EMFILE); one line per episode instead of one per retry, and one when it clears."""
+        if context.get("message") == "socket.accept() out of system resource":
+            if not self._accept_failing:
+                self._accept_failing = True
+                exc = context.get("exception")
+                log.error("api_accept_failing", error=repr(exc), detail="out of file descriptors")
+                loop.call_later(ACCEPT_EPISODE_SECONDS, self._accept_episode_over)
+            return
+        loop.default_exception_handler(context)
+
+    def _accept_episode_over(self) -> None:
+        self._accept_failing = False
 
 
 def endpoints_of(config: Config) -> Mapping[str, EndpointConfig]:
