@@ -23,6 +23,7 @@ from agent.delivery.outbox import Outbox
 from agent.derive.errors import DeriveError, UnknownCategory, UnknownDowntime
 from agent.events import iso_utc
 from agent.pipeline import (
+    NotDurable,
     NotManual,
     OutOfScope,
     Pipeline,
@@ -449,7 +450,10 @@ _PIPELINE_STATUS: Mapping[type[PipelineError], tuple[int, str]] = {
     NotManual: (409, "not_manual"),
     OutOfScope: (409, "machine_not_in_scope"),
     Throttled: (429, "throttled"),
+    NotDurable: (503, "not_durable"),
 }
+# When a client may try a trigger again that the outbox could not store (disk full).
+NOT_DURABLE_RETRY_AFTER = 30
 
 
 async def trigger_workflow(request: web.Request) -> web.Response:
@@ -467,7 +471,10 @@ async def trigger_workflow(request: web.Request) -> web.Response:
         execution = await pipeline.trigger(name, machine, operator, note)
     except PipelineError as exc:
         status, code = _PIPELINE_STATUS.get(type(exc), (409, "refused"))
-        raise ApiError(status, code, str(exc), exc.field) from None
+        err = ApiError(status, code, str(exc), exc.field)
+        if isinstance(exc, NotDurable):
+            err.headers["Retry-After"] = str(NOT_DURABLE_RETRY_AFTER)
+        raise err from None
     return _json({"execution": execution.as_dict()}, status=202)
 
 
