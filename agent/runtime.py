@@ -171,6 +171,10 @@ class Runtime:
             except Exception as exc:
                 # Rows still waiting in memory are lost only if the outbox refuses them to the end.
                 log.error("pipeline_close_failed", error=repr(exc), waiting=self.pipeline.pending)
+            self.metrics.set_held(
+                self.pipeline.pending,
+                {"memory_full": self.pipeline.rejected, "stopped": self.pipeline.discarded},
+            )
         if self.dispatcher is not None:
             await self.dispatcher.stop(grace)
         if self.store is not None:
@@ -289,6 +293,10 @@ class Runtime:
     def _update_metrics(self) -> None:
         statuses = Counter(str(d.status) for d in self.pipeline.derivers.values())
         self.metrics.set_machine_statuses(statuses)
+        self.metrics.set_held(
+            self.pipeline.pending,
+            {"memory_full": self.pipeline.rejected, "stopped": self.pipeline.discarded},
+        )
         for mid, run in self.machines.items():
             st = run.collector.stats
             if st.polls > run.polls_seen:
@@ -321,6 +329,8 @@ class Runtime:
             detail["outbox_error"] = self._disk_error
         if self.outbox is not None and self.outbox.stats.unavailable:
             reasons.append("outbox cannot be written (disk full or I/O error); new deliveries wait in memory")
+        if self.outbox is not None and self.outbox.recovery_pending:
+            reasons.append("deliveries left in flight by the last run wait for disk space to be retried")
         if self.pipeline is not None and self.pipeline.pending:
             reasons.append(f"{self.pipeline.pending} deliveries waiting in memory: the outbox refuses writes")
         if self.pipeline is not None and self.pipeline.rejected:
