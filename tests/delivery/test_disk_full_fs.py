@@ -85,3 +85,28 @@ async def test_start_with_a_full_disk_and_rows_in_flight_then_recover(tiny_fs: P
     finally:
         await box.close()
     print(f"disk-full recovery: first write after space returned took {recovery * 1000:.1f} ms")
+
+
+async def test_in_flight_rows_that_could_not_be_put_back_at_open_are_put_back_by_the_next_write(
+    tmp_path: Path,
+) -> None:
+    """What ``Outbox.open`` leaves when the disk is too full even for the recovery UPDATE: the rows
+    stay in flight (not sent twice, not lost) and go back to pending in the first write that
+    commits, in the same transaction."""
+    box = await Outbox.open(tmp_path / "o.sqlite3", OutboxConfig())
+    try:
+        await box.enqueue([delivery(i) for i in range(3)])
+        await box.claim([1, 2])
+        box.writer.recovery_pending = True  # as open() sets it after "database or disk is full"
+        await box.set_page_limit(1)
+        with pytest.raises(OutboxUnavailable):
+            for i in range(100, 400):
+                await box.enqueue([delivery(i, body=b"x" * 4000)])
+        assert (await box.counts()).in_flight == 2 and box.recovery_pending
+        await box.set_page_limit(2**30)
+        await box.enqueue([delivery(1000)])
+        c = await box.counts()
+        assert (c.in_flight, box.recovery_pending) == (0, False)
+        assert c.pending >= 3 + 1  # the two put back, the one never claimed, the new one
+    finally:
+        await box.close()

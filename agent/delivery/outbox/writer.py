@@ -80,11 +80,9 @@ class Writer:
         with contextlib.suppress(sqlite3.Error):
             await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    async def _recover_in_flight(self) -> None:
+    async def _recover_in_flight(self) -> int:
         cur = await self.conn.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'in_flight'")
-        self.recovery_pending = False
-        if cur.rowcount:
-            log.warning("outbox.recovered_in_flight", rows=cur.rowcount, deferred=True)
+        return cur.rowcount
 
     @property
     def closed(self) -> bool:
@@ -134,10 +132,12 @@ class Writer:
     async def _commit(self, batch: list[_Op]) -> None:
         if self.stats.unavailable:
             await self._checkpoint()  # before writing again, not after: see _checkpoint
+        recovered: int | None = None
         try:
             await self.conn.execute("BEGIN IMMEDIATE")
             if self.recovery_pending:
-                await self._recover_in_flight()  # same transaction: in flight again only if committed
+                # Same transaction: the rows are pending again only if this commit succeeds.
+                recovered = await self._recover_in_flight()
             results = await self._execute(batch)
             await self.conn.execute("COMMIT")
         except Exception as exc:  # the writer must survive anything a batch can raise
@@ -145,6 +145,9 @@ class Writer:
                 await self.conn.execute("ROLLBACK")
             self._failed(batch, exc)
             return
+        if recovered is not None:
+            self.recovery_pending = False
+            log.warning("outbox.recovered_in_flight", rows=recovered, deferred=True)
         if self.stats.unavailable:
             log.warning("outbox.writable_again", path=str(self.path))
             self.stats.unavailable = False
