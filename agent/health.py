@@ -14,14 +14,19 @@ NOT_DRAINING_AGE = 600.0
 
 @dataclass
 class Health:
+    """``reasons`` are safe for anyone who can reach the port; ``detail`` (internal error text, file
+    paths) only for callers with the API token."""
+
     ok: bool
     reasons: list[str] = field(default_factory=list)
+    detail: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Facts:
     disk_error: str | None = None  # the last outbox read failed
     outbox_unavailable: bool = False  # the outbox's last write failed
+    recovery_pending: bool = False  # rows left in flight by the last run wait for disk space
     waiting: int = 0  # deliveries held in memory because the outbox refuses them
     rejected: int = 0  # deliveries given up since start
     counts: Any = None  # the last ``OutboxCounts`` read (None: not read yet)
@@ -30,10 +35,14 @@ class Facts:
 
 def judge(f: Facts) -> Health:
     reasons: list[str] = []
+    detail: dict[str, str] = {}
     if f.disk_error:
-        reasons.append(f"outbox unavailable: {f.disk_error}")
+        reasons.append("outbox unavailable: it cannot be read (see the agent log)")
+        detail["outbox_error"] = f.disk_error
     if f.outbox_unavailable:
         reasons.append("outbox cannot be written (disk full or I/O error); new deliveries wait in memory")
+    if f.recovery_pending:
+        reasons.append("deliveries left in flight by the last run wait for disk space to be retried")
     if f.waiting:
         reasons.append(f"{f.waiting} deliveries waiting in memory: the outbox refuses writes")
     if f.rejected:
@@ -43,7 +52,7 @@ def judge(f: Facts) -> Health:
         reasons.append(f"outbox not draining: oldest pending delivery is {c.oldest_pending_age:.0f}s old")
     if f.statuses and all(s == "DISCONNECTED" for s in f.statuses):
         reasons.append("every machine is disconnected")
-    return Health(ok=not reasons, reasons=reasons)
+    return Health(ok=not reasons, reasons=reasons, detail=detail)
 
 
 def status_line(statuses: Sequence[str], counts: Any) -> str:

@@ -7,7 +7,8 @@ Beyond ``max_waiting`` rows the newest are rejected, counted and logged (the out
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol
 
 import structlog
@@ -37,9 +38,17 @@ class HoldBack:
         self.waiting: list[NewDelivery] = []
         self.refusing = False  # the outbox refused the last write; rows wait in memory
         self.rejected = 0  # rows given up because even the memory queue was full
+        self.discarded = 0  # rows still waiting when the agent stopped: lost (logged, counted)
+        # One enqueue at a time: two failing writes that overlapped used to put the newer batch back
+        # ahead of the older one, breaking FIFO per endpoint.
+        self._lock = asyncio.Lock()
 
     async def enqueue(self, rows: list[NewDelivery]) -> bool:
         """True when ``rows`` (and anything waiting before them) are durable in the outbox."""
+        async with self._lock:
+            return await self._enqueue(rows)
+
+    async def _enqueue(self, rows: list[NewDelivery]) -> bool:
         batch = self.waiting + rows
         if not batch:
             return True
@@ -48,7 +57,7 @@ class HoldBack:
             await self._outbox.enqueue(batch)
         except (OutboxUnavailable, OutboxFull) as exc:
             # Keep the rows (in order, ahead of anything newer) and try again at the next tick.
-            self.waiting = batch + self.waiting
+            self.waiting = batch
             self._hold(exc)
             return False
         if self.refusing:
@@ -58,6 +67,27 @@ class HoldBack:
         if self._on_enqueued is not None:
             self._on_enqueued()
         return True
+
+    def withdraw(self, message_ids: Collection[str]) -> list[NewDelivery]:
+        """Take rows back out of the waiting queue: their caller was told they were not accepted."""
+        taken = [r for r in self.waiting if r.message_id in message_ids]
+        self.waiting = [r for r in self.waiting if r.message_id not in message_ids]
+        self._journal.drop(taken)
+        return taken
+
+    def discard_waiting(self) -> list[NewDelivery]:
+        """At stop, what never reached the outbox: logged with its ids and counted, never silent."""
+        lost, self.waiting = self.waiting, []
+        if lost:
+            self.discarded += len(lost)
+            log.error(
+                "deliveries_lost_at_stop",
+                count=len(lost),
+                message_ids=[r.message_id for r in lost[:20]],
+                more=max(0, len(lost) - 20),
+                detail="the outbox refused them until the end (disk full or I/O error)",
+            )
+        return lost
 
     def _hold(self, exc: Exception) -> None:
         excess = len(self.waiting) - self.max_waiting

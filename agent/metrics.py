@@ -74,6 +74,18 @@ class Metrics:
         self.outbox_oldest_pending_age = Gauge(
             f"{ns}_outbox_oldest_pending_age_seconds", "Age of the oldest pending delivery.", registry=r
         )
+        self.held_in_memory = Gauge(
+            f"{ns}_deliveries_held_in_memory",
+            "Derived deliveries waiting in memory because the outbox refuses writes (disk full).",
+            registry=r,
+        )
+        self.lost = Counter(
+            f"{ns}_deliveries_lost_total",
+            "Deliveries never stored: over the in-memory limit, or still held when the agent stopped.",
+            ["reason"],
+            registry=r,
+        )
+        self._lost_seen: dict[str, int] = {}
         self.deliveries = Counter(
             f"{ns}_deliveries_total",
             "Delivery attempts, by endpoint key and outcome.",
@@ -127,6 +139,15 @@ class Metrics:
         self.outbox_in_flight.set(in_flight)
         self.outbox_dead.set(dead)
         self.outbox_oldest_pending_age.set(max(0.0, oldest_pending_age))
+
+    def set_held(self, waiting: int, lost: Mapping[str, int]) -> None:
+        """Rows held in memory now, and the running totals of rows lost, by reason."""
+        self.held_in_memory.set(waiting)
+        for reason, total in lost.items():
+            grew = total - self._lost_seen.get(reason, 0)
+            if grew > 0:
+                self.lost.labels(reason).inc(grew)
+                self._lost_seen[reason] = total
 
     def observe_delivery(self, endpoint: str, outcome: str, latency: float | None = None) -> None:
         key = safe_label(endpoint)

@@ -54,6 +54,10 @@ class Notifier:
         self._address = address
         self._watchdog_interval = watchdog_interval
         self._sock: socket.socket | None = None
+        # The tick sends STATUS every second: without a reader on the socket that would be a
+        # warning a second for as long as it lasts. Log when sending starts and stops failing.
+        self._failing = False
+        self.failures = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, pid: int | None = None) -> Notifier:
@@ -82,8 +86,14 @@ class Notifier:
                 self._sock.setblocking(False)
             self._sock.sendto(message(fields), self._address)
         except OSError as exc:
-            log.warning("notify_failed", keys=sorted(fields), error=exc.strerror or str(exc))
+            self.failures += 1
+            if not self._failing:
+                self._failing = True
+                log.warning("notify_failed", keys=sorted(fields), error=exc.strerror or str(exc))
             return False
+        if self._failing:
+            self._failing = False
+            log.info("notify_recovered", failed_sends=self.failures)
         return True
 
     def ready(self, status: str | None = None) -> bool:

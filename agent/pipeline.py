@@ -63,6 +63,12 @@ class Throttled(PipelineError):
     field = "workflow"
 
 
+class NotDurable(PipelineError):
+    """The outbox cannot store the request now (disk full, I/O error): nothing was accepted."""
+
+    field = None
+
+
 class Deriver(Protocol):
     """What the pipeline uses of ``agent.derive.machine.MachineDeriver``."""
 
@@ -306,7 +312,17 @@ class Pipeline:
             raise Throttled(
                 f"workflow {workflow!r} fired for {machine_id!r} less than {wf.min_interval:g}s ago"
             )
-        return executions[0]
+        firing = executions[0]
+        if not firing.durable:
+            # An operator's request that only sits in memory would die with the process; the API
+            # must never acknowledge it. Take it back and say so: the caller can retry.
+            self._holdback.withdraw(set(firing.message_ids))
+            self._throttle.forget(wf.name, machine_id, now)
+            raise NotDurable(
+                "the outbox cannot store deliveries right now (disk full or I/O error); nothing was "
+                "queued, try again later"
+            )
+        return firing
 
     async def _fire(self, events: Sequence[Event], now: float) -> list[Firing]:
         if events and self._on_events is not None:
@@ -347,10 +363,16 @@ class Pipeline:
         except DeriveError as exc:
             log.error("schedule_state_not_saved", error=str(exc))
 
+    @property
+    def discarded(self) -> int:
+        """Rows lost at stop because the outbox refused them to the end."""
+        return self._holdback.discarded
+
     async def close(self) -> None:
         """Last chance to enqueue rows waiting in memory and to save derived state."""
         if self._holdback.waiting:
             await self._holdback.enqueue([])
+            self._holdback.discard_waiting()
         await self._saver.save()
 
 

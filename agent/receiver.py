@@ -67,8 +67,10 @@ class Receiver:
         out: TextIO | None = None,
         rng: random.Random | None = None,
         keep: int | None = None,
+        max_body: int = 16 * 2**20,
     ) -> None:
         self.keep = keep
+        self.max_body = max_body
         self.secrets = list(secrets)
         self.host = host
         self.port = port
@@ -115,7 +117,7 @@ class Receiver:
         return list(self.received)
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=16 * 2**20)
+        app = web.Application(client_max_size=self.max_body)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._release = asyncio.Event()
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -166,21 +168,39 @@ class Receiver:
 
 def render(rec: Received, *, hang: bool = False) -> str:
     """A delivery as a person wants to read it: verdict, headers, pretty JSON."""
-    mark = "VALID  " if rec.valid else f"INVALID ({rec.error})"
+    mark = "VALID  " if rec.valid else f"INVALID ({printable(rec.error or '')})"
     stamp = time.strftime("%H:%M:%S", time.localtime(rec.at))
     answer = "hanging" if hang else str(rec.status)
-    lines = [f"── {stamp} {mark} POST {rec.path} → {answer}"]
+    lines = [f"── {stamp} {mark} POST {printable(rec.path)} → {answer}"]
     for name in sorted(rec.headers):
         if name in _TRANSPORT_HEADERS:
             continue
         value = "<hidden>" if name in _HIDDEN_HEADERS else rec.headers[name]
-        lines.append(f"   {name}: {value}")
+        lines.append(f"   {printable(name)}: {printable(value)}")
     try:
         pretty = json.dumps(json.loads(rec.body), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):
         pretty = rec.body[:2048].decode("utf-8", "replace")
-    lines.extend("   " + line for line in pretty.splitlines())
+    lines.extend("   " + printable(line) for line in pretty.split("\n"))
     return "\n".join(lines) + "\n\n"
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: anything not printable (ESC, C1 controls such as U+009B CSI,
+    bidi overrides, line separators) becomes a visible escape. The sender is not trusted: raw, an
+    OSC or CSI sequence in a path or body could retitle, recolour or rewrite the operator's screen."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 async def start_receiver(
@@ -196,6 +216,7 @@ async def start_receiver(
     out: TextIO | None = None,
     rng: random.Random | None = None,
     keep: int | None = None,
+    max_body: int = 16 * 2**20,
 ) -> Receiver:
     """Start a receiver (port 0: a free port, see ``.port``/``.url``); without a secret nothing is verified."""
     if secret is None:
@@ -217,6 +238,7 @@ async def start_receiver(
         out=out,
         rng=rng,
         keep=keep,
+        max_body=max_body,
     )
     await rec.start()
     return rec

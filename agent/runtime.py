@@ -25,6 +25,7 @@ from agent.delivery.settings import OUTBOX_FILE, EndpointConfig
 from agent.health import Facts, Health, judge, status_line
 from agent.metrics import Metrics
 from agent.notify import Notifier
+from agent.state_lock import StateDirLock, lock_state_dir, prepare_state_dir
 from agent.supervisor import Supervisor
 from drivers.base import Sample
 
@@ -34,6 +35,8 @@ STATE_FILE = "state.sqlite3"
 TICK_SECONDS = 1.0
 # counts() scans the outbox table (0.1-0.2 s at a million rows, off the loop): not every tick.
 OUTBOX_COUNTS_SECONDS = 10.0
+# asyncio gives no "accept works again" signal: an EMFILE episode is over after this long.
+ACCEPT_EPISODE_SECONDS = 60.0
 
 
 class Runtime:
@@ -68,6 +71,8 @@ class Runtime:
         self._outbox_counts: Any = None
         self._disk_error: str | None = None
         self._counts_at = 0.0
+        self._lock: StateDirLock | None = None
+        self._accept_failing = False
 
     # ---- start / stop
 
@@ -79,7 +84,9 @@ class Runtime:
 
         cfg = self.config
         state_dir = cfg.agent.state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
+        prepare_state_dir(state_dir)
+        # Before any file is opened: a second agent on the same outbox would deliver every row twice.
+        self._lock = lock_state_dir(state_dir)
         self.outbox = await Outbox.open(state_dir / OUTBOX_FILE, cfg.agent.outbox)
         self.store = await StateStore.open(state_dir / STATE_FILE)
         derivers = await self._derivers(cfg.machines)
@@ -132,12 +139,18 @@ class Runtime:
             except Exception as exc:
                 # Rows still waiting in memory are lost only if the outbox refuses them to the end.
                 log.error("pipeline_close_failed", error=repr(exc), waiting=self.pipeline.pending)
+            self.metrics.set_held(
+                self.pipeline.pending,
+                {"memory_full": self.pipeline.rejected, "stopped": self.pipeline.discarded},
+            )
         if self.dispatcher is not None:
             await self.dispatcher.stop(grace)
         if self.store is not None:
             await self.store.close()
         if self.outbox is not None:
             await self.outbox.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("agent_stopped")
 
     async def _derivers(
@@ -219,6 +232,10 @@ class Runtime:
     def _update_metrics(self) -> None:
         statuses = Counter(str(d.status) for d in self.pipeline.derivers.values())
         self.metrics.set_machine_statuses(statuses)
+        self.metrics.set_held(
+            self.pipeline.pending,
+            {"memory_full": self.pipeline.rejected, "stopped": self.pipeline.discarded},
+        )
         self.collection.observe_polls()
         c = self._outbox_counts
         if c is not None:
@@ -240,6 +257,7 @@ class Runtime:
             Facts(
                 disk_error=self._disk_error,
                 outbox_unavailable=self.outbox is not None and self.outbox.stats.unavailable,
+                recovery_pending=self.outbox is not None and self.outbox.recovery_pending,
                 waiting=self.pipeline.pending if self.pipeline is not None else 0,
                 rejected=self.pipeline.rejected if self.pipeline is not None else 0,
                 counts=self._outbox_counts,
@@ -275,8 +293,12 @@ class Runtime:
         return web.json_response({"status": "ok", "uptime_seconds": round(self.clock() - self.started_at, 1)})
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        from agent.api.server import is_authorized
+
         h = self.health()
-        body = {"status": "ready" if h.ok else "degraded", "reasons": h.reasons}
+        body: dict[str, Any] = {"status": "ready" if h.ok else "degraded", "reasons": h.reasons}
+        if h.detail and is_authorized(request):
+            body["detail"] = h.detail
         return web.json_response(body, status=200 if h.ok else 503)
 
     async def _reload_handler(self, request: web.Request) -> web.Response:
@@ -357,6 +379,7 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.set_exception_handler(self._loop_exception)
         try:
             await self.start()
             await self.stopping.wait()
@@ -366,6 +389,21 @@ class Runtime:
                 loop.remove_signal_handler(sig)
             self.notifier.close()
         return 0
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio retries a listening socket's accept() every second while descriptors run out
+        (EMFILE); one line per episode instead of one per retry, and one when it clears."""
+        if context.get("message") == "socket.accept() out of system resource":
+            if not self._accept_failing:
+                self._accept_failing = True
+                exc = context.get("exception")
+                log.error("api_accept_failing", error=repr(exc), detail="out of file descriptors")
+                loop.call_later(ACCEPT_EPISODE_SECONDS, self._accept_episode_over)
+            return
+        loop.default_exception_handler(context)
+
+    def _accept_episode_over(self) -> None:
+        self._accept_failing = False
 
 
 def machine_changes(

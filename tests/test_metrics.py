@@ -99,3 +99,13 @@ def test_urls_lose_credentials_path_and_query_in_labels() -> None:
     assert "whsec_c2VjcmV0" not in text
     assert safe_label("x" * 500) == "x" * 120
     assert safe_label("alarm-to-mes#0") == "alarm-to-mes#0"
+
+
+def test_rows_held_in_memory_and_lost_are_exposed() -> None:
+    m = Metrics()
+    m.set_held(7, {"memory_full": 2, "stopped": 0})
+    m.set_held(3, {"memory_full": 5, "stopped": 4})
+    got = samples(m)
+    assert got[("edge_agent_deliveries_held_in_memory", ())] == 3
+    assert got[("edge_agent_deliveries_lost_total", (("reason", "memory_full"),))] == 5
+    assert got[("edge_agent_deliveries_lost_total", (("reason", "stopped"),))] == 4

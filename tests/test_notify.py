@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.notify import Notifier, message, socket_address, watchdog_interval_from
 
@@ -114,3 +115,26 @@ async def test_keep_alive_pings_from_the_event_loop(listener: tuple[socket.socke
     finally:
         task.cancel()
         n.close()
+
+
+def test_missing_reader_is_logged_once_per_episode(tmp_path: Path) -> None:
+    """The tick sends STATUS every second; a socket without a reader must not log every second."""
+    path = tmp_path / "late.sock"
+    n = Notifier.from_env({"NOTIFY_SOCKET": str(path)})
+    with capture_logs() as logs:
+        for _ in range(20):
+            assert not n.status("tick")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        try:
+            assert n.status("back")
+            assert n.status("again")
+        finally:
+            sock.close()
+        path.unlink()
+        for _ in range(5):
+            assert not n.status("gone again")
+    n.close()
+    events = [e["event"] for e in logs]
+    assert events == ["notify_failed", "notify_recovered", "notify_failed"]
+    assert n.failures == 25

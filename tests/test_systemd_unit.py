@@ -58,6 +58,18 @@ def test_unit_has_the_service_contract() -> None:
     assert v["KillSignal"] == ["SIGTERM"]
     assert "TimeoutStopSec" in v
     assert v["CapabilityBoundingSet"] == [""] and v["AmbientCapabilities"] == [""]
+
+
+def test_unit_bounds_memory_tasks_and_descriptors() -> None:
+    """A hostile device or client must not take the whole PC: systemd caps what the agent may use,
+    and the API's connection cap stays below the descriptor limit."""
+    from agent.api.settings import DEFAULT_MAX_CONNECTIONS
+
+    v = unit_values()
+    assert v["MemoryMax"] == ["2G"] and v["MemoryHigh"] == ["1536M"]
+    assert int(v["TasksMax"][0]) >= 16
+    nofile = int(v["LimitNOFILE"][0])
+    assert nofile > 1024 and nofile > DEFAULT_MAX_CONNECTIONS * 4
     assert v["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
     assert "@system-service" in v["SystemCallFilter"]
     assert "IPAddressDeny" not in v  # plant hosts must stay reachable

@@ -7,7 +7,9 @@ ever means a bug here, and its body says nothing about internals.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -21,6 +23,7 @@ from agent.delivery.outbox import Outbox
 from agent.derive.errors import DeriveError, UnknownCategory, UnknownDowntime
 from agent.events import iso_utc
 from agent.pipeline import (
+    NotDurable,
     NotManual,
     OutOfScope,
     Pipeline,
@@ -62,6 +65,32 @@ class ApiError(web.HTTPException):
 # -- auth and error handling
 
 
+def is_authorized(request: web.Request) -> bool:
+    """Whether the request carries the API's token (public routes use it to decide what to reveal)."""
+    return _authorized(request, request.app[CONFIG])
+
+
+def _host_allowed(request: web.Request, config: ApiConfig) -> bool:
+    """On a loopback bind only a loopback ``Host`` is ours: any other name means a browser was pointed
+    at us through DNS rebinding (``evil.example`` resolving to 127.0.0.1)."""
+    if not config.loopback:
+        return True
+    raw = request.headers.get("Host")
+    if raw is None:
+        return True  # HTTP/1.0 clients (curl -0, probes) send none; browsers always do
+    host = raw.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _authorized(request: web.Request, config: ApiConfig) -> bool:
     if config.token is None:
         return False
@@ -69,13 +98,21 @@ def _authorized(request: web.Request, config: ApiConfig) -> bool:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return False
-    return hmac.compare_digest(given.strip().encode("utf-8"), config.token.reveal().encode("utf-8"))
+    # aiohttp decodes header bytes as latin-1 with surrogateescape: a non-ASCII or undecodable token
+    # cannot be ours (tokens are checked at config time) and must not raise on the way to a 401.
+    try:
+        presented = given.strip().encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return hmac.compare_digest(presented, config.token.reveal().encode("utf-8"))
 
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     config = request.app[CONFIG]
     try:
+        if not _host_allowed(request, config):
+            raise ApiError(421, "wrong_host", "this API answers only to a loopback Host header", "Host")
         if request.path not in request.app[PUBLIC] and not _authorized(request, config):
             err = ApiError(401, "unauthorized", "missing or wrong bearer token")
             err.headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
@@ -107,13 +144,20 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send the body as Content-Type: application/json")
     try:
-        raw = await request.read()
+        # A body trickled in byte by byte must not hold the connection (and its descriptor) for ever.
+        async with asyncio.timeout(request.app[CONFIG].idle_timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "body_too_large", f"request body is larger than {max_body} bytes") from None
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", "the request body did not arrive in time") from None
     try:
         data = json.loads(raw.decode("utf-8")) if raw.strip() else None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # A body of nested [[[[... within max_body exhausts the parser's stack; no request needs it.
+        raise ApiError(400, "malformed_json", "body is nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_body", "the body must be a JSON object")
     return data
@@ -132,7 +176,18 @@ def _text(
         raise ApiError(422, "invalid_field", f"{name} must be a non-empty string", name)
     if len(value) > MAX_TEXT:
         raise ApiError(422, "invalid_field", f"{name} is longer than {MAX_TEXT} characters", name)
+    if not _encodable(value):
+        # JSON's \ud800 escape decodes to a lone surrogate that no UTF-8 payload can carry.
+        raise ApiError(422, "invalid_field", f"{name} is not valid Unicode text (lone surrogate)", name)
     return value
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _only(data: Mapping[str, Any], allowed: Sequence[str], prefix: str = "") -> None:
@@ -395,7 +450,10 @@ _PIPELINE_STATUS: Mapping[type[PipelineError], tuple[int, str]] = {
     NotManual: (409, "not_manual"),
     OutOfScope: (409, "machine_not_in_scope"),
     Throttled: (429, "throttled"),
+    NotDurable: (503, "not_durable"),
 }
+# When a client may try a trigger again that the outbox could not store (disk full).
+NOT_DURABLE_RETRY_AFTER = 30
 
 
 async def trigger_workflow(request: web.Request) -> web.Response:
@@ -413,7 +471,10 @@ async def trigger_workflow(request: web.Request) -> web.Response:
         execution = await pipeline.trigger(name, machine, operator, note)
     except PipelineError as exc:
         status, code = _PIPELINE_STATUS.get(type(exc), (409, "refused"))
-        raise ApiError(status, code, str(exc), exc.field) from None
+        err = ApiError(status, code, str(exc), exc.field)
+        if isinstance(exc, NotDurable):
+            err.headers["Retry-After"] = str(NOT_DURABLE_RETRY_AFTER)
+        raise err from None
     return _json({"execution": execution.as_dict()}, status=202)
 
 
@@ -461,15 +522,106 @@ def add_public_route(app: web.Application, method: str, path: str, handler: Hand
     app[PUBLIC].add(path)
 
 
+class PlaintextRefused(ValueError):
+    """A non-loopback bind without TLS and without ``allow_plaintext: true``."""
+
+
+_BUSY_BODY = json.dumps(
+    {"error": {"code": "too_many_connections", "message": "connection limit reached", "field": None}}
+).encode()
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class _Refuse(asyncio.Protocol):
+    """The answer to a connection over the cap: one 503 and close, without reading the request."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_BUSY)
+        transport.close()
+
+
+class ConnectionCap:
+    """The protocol factory for the listening socket: aiohttp's handler while fewer than ``limit``
+    connections are open, else ``_Refuse``. Checked at accept time, so one accept burst can exceed
+    the limit by at most the listen backlog; both together stay far below the descriptor budget."""
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self._server = server
+        self.limit = limit
+        self.refused = 0
+        self._over = False
+
+    @property
+    def open(self) -> int:
+        return len(self._server.connections)
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if self.open < self.limit:
+            if self._over:
+                self._over = False
+                log.info("api_connection_limit_cleared", limit=self.limit, refused=self.refused)
+            return self._server()
+        self.refused += 1
+        if not self._over:
+            self._over = True  # logged once per episode: a flood must not flood the journal too
+            log.warning("api_connection_limit_reached", limit=self.limit)
+        return _Refuse()
+
+
+class _CappedSite(web.BaseSite):
+    """``web.TCPSite`` with ``ConnectionCap`` in front of aiohttp's protocol factory."""
+
+    def __init__(self, runner: web.AppRunner, config: ApiConfig) -> None:
+        super().__init__(runner, ssl_context=config.ssl_context(), backlog=64)
+        self._host = config.host
+        self._port = config.port
+        self._limit = config.max_connections
+        self.cap: ConnectionCap | None = None
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self.cap = ConnectionCap(server, self._limit)
+        self._server = await asyncio.get_running_loop().create_server(
+            self.cap, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, reuse_address=True
+        )
+
+
 async def start_api(app: web.Application, config: ApiConfig) -> web.AppRunner:
-    """Serve ``app`` on ``config``'s bind address (with TLS when configured); ``await runner.cleanup()``."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    """Serve ``app`` on ``config``'s bind address (with TLS when configured); ``await runner.cleanup()``.
+
+    Refuses (``PlaintextRefused``) a non-loopback bind without TLS unless ``allow_plaintext`` is set.
+    """
+    if config.exposed_plaintext and not config.allow_plaintext:
+        raise PlaintextRefused(
+            f"api: refusing to serve {config.host}:{config.port} without TLS; give tls_cert_file and "
+            "tls_key_file, bind 127.0.0.1, or set allow_plaintext: true"
+        )
+    # keepalive_timeout runs from accept and from each response: it closes a connection that is idle
+    # or still sending its request line and headers (aiohttp's default is an hour).
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+        keepalive_timeout=config.idle_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=config.ssl_context())
+    site = _CappedSite(runner, config)
     await site.start()
     port = bound_port(runner)
-    if not config.loopback and not config.tls:
-        log.warning("api_exposed_without_tls", host=config.host, port=port)
+    if config.exposed_plaintext:
+        log.warning("api_exposed_without_tls", host=config.host, port=port, allowed_by="allow_plaintext")
     log.info("api_listening", host=config.host, port=port, tls=config.tls)
     return runner
 

@@ -8,12 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config.source import Secret, Section, as_bool, as_size, as_str, in_range
+from agent.config.source import Secret, Section, as_bool, as_duration, as_int, as_size, as_str, in_range
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 DEFAULT_MAX_BODY = 64 * 1024
 MIN_TOKEN_LENGTH = 16
+# A connection that has not sent a full request line and headers (or sits idle between requests)
+# this long is closed: slow-loris clients must not pin file descriptors.
+DEFAULT_IDLE_TIMEOUT = 10.0
+# Open API connections, well below the unit's LimitNOFILE= (8192) and even systemd's default soft
+# limit of 1,024: the outbox, the PLC links and outgoing webhooks need descriptors too.
+DEFAULT_MAX_CONNECTIONS = 128
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,14 @@ class ApiConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     max_body: int = DEFAULT_MAX_BODY
+    allow_plaintext: bool = False
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    @property
+    def exposed_plaintext(self) -> bool:
+        """A non-loopback bind without TLS: the token would cross the plant network in clear text."""
+        return not self.loopback and not self.tls
 
     @property
     def tls(self) -> bool:
@@ -89,6 +103,19 @@ def parse_api(section: Section) -> ApiConfig:
         )
     if token is not None and len(token.reveal()) < MIN_TOKEN_LENGTH:
         section.error_here(f"the API token must be at least {MIN_TOKEN_LENGTH} characters")
+    if token is not None and not _header_safe(token.reveal()):
+        section.error_here("the API token must be printable ASCII (it travels in an HTTP header)")
+    allow_plaintext = section.get("allow_plaintext", as_bool, False)
+    idle_timeout = section.get("idle_timeout", in_range(as_duration, 1.0, 600.0), DEFAULT_IDLE_TIMEOUT)
+    max_connections = section.get("max_connections", in_range(as_int, 1, 4096), DEFAULT_MAX_CONNECTIONS)
+    loopback = ApiConfig(host=host).loopback
+    if enabled and not loopback and cert is None and not section.has("tls_cert_file") and not allow_plaintext:
+        section.error(
+            "bind",
+            f"{host} is reachable from the network and there is no TLS: the bearer token would travel "
+            "in clear text; give tls_cert_file and tls_key_file, bind 127.0.0.1, or set "
+            "allow_plaintext: true on purpose",
+        )
     section.done()
     return ApiConfig(
         enabled=enabled,
@@ -98,7 +125,14 @@ def parse_api(section: Section) -> ApiConfig:
         tls_cert_file=cert,
         tls_key_file=key,
         max_body=max_body,
+        allow_plaintext=allow_plaintext,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
     )
+
+
+def _header_safe(text: str) -> bool:
+    return text.isascii() and text.isprintable() and text == text.strip()
 
 
 def _file(section: Section, key: str) -> Path | None:

@@ -23,16 +23,29 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    import structlog
+
     from agent.logs import configure
     from agent.notify import Notifier
     from agent.runtime import Runtime
+    from agent.state_lock import StateDirInUse
 
+    # Outside systemd (which sets UMask=0077) the databases and their -wal/-shm files would be
+    # world-readable; their bodies hold operator names and notes.
+    os.umask(0o077)
     config = load_config_or_exit(args)
     configure(config.agent.log_level, args.log_format or config.agent.log_format)
     runtime = Runtime(
         config, config_path=config_path(args), state_dir=args.state_dir, notifier=Notifier.from_env()
     )
-    return asyncio.run(runtime.serve())
+    try:
+        return asyncio.run(runtime.serve())
+    except StateDirInUse as exc:
+        structlog.get_logger("agent.run").error("state_dir_in_use", error=str(exc))
+        print(f"edge-agent: {exc}", file=sys.stderr)
+        return 1
 
 
 def reload(args: argparse.Namespace) -> int:

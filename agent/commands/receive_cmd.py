@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# A person reads these: the agent's webhooks are a few KB, and a hostile sender must not make the
+# inspector hold gigabytes (the old caps, 1,000 bodies of 16 MiB, allowed 16 GB).
+KEEP = 100
+MAX_BODY = 1024 * 1024
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             fail_rate=args.fail_rate,
             hang=args.hang,
             out=None if args.quiet else sys.stdout,
-            keep=1000,
+            keep=KEEP,
+            max_body=MAX_BODY,
         )
         await serve_forever(receiver)
 

@@ -23,7 +23,7 @@ import structlog
 from agent.delivery.outbox import AttemptRecord, Delivery, Outbox, OutboxError, OutboxUnavailable
 from agent.delivery.report import AttemptReport, DispatcherStats, ResultObserver, gone_reason
 from agent.delivery.retry import CircuitBreaker, Classified, Outcome, assess, decide
-from agent.delivery.senders import Destination, Sender, create_sender
+from agent.delivery.senders import Destination, Sender, SendOutcome, create_sender
 from agent.delivery.settings import DeliveryConfig
 
 log = structlog.get_logger(__name__)
@@ -69,6 +69,7 @@ class Dispatcher:
         self._stopping = False
         self._next_maintenance = 0.0
         self._configured_changed = True
+        self._internal_failing: set[str] = set()  # endpoints whose attempts end in an exception
         self.stats = DispatcherStats()
         self._report = AttemptReport(self.stats, on_result)
 
@@ -248,12 +249,13 @@ class Dispatcher:
             raise
         except Exception as exc:  # a bug must not leave the row in flight forever
             ep.in_flight -= 1
-            # Nor the breaker waiting for a probe result that will never come.
+            # Nor the breaker waiting for a probe result that will never come; and counted as a
+            # failure, so that a bug that repeats opens the breaker instead of spinning.
+            ep.breaker.failure(self.clock())
             ep.breaker.finished()
-            log.exception("delivery.internal_error", id=row.id, endpoint=key, error=str(exc))
+            self._internal_error(key, row, exc)
             with contextlib.suppress(OutboxError):
                 await self.queue.release([row.id], f"internal error: {type(exc).__name__}")
-            self.wake()
             return
         ep.in_flight -= 1
         try:
@@ -267,9 +269,42 @@ class Dispatcher:
                 log.error("delivery.endpoint_state_not_saved", url=cfg.url, error=str(exc))
         self.wake()
 
+    def _internal_error(self, key: str, row: Delivery, exc: Exception) -> None:
+        """Once per episode per endpoint: the same bug on every retry would flood the journal."""
+        self.stats.internal_errors += 1
+        if key in self._internal_failing:
+            return
+        self._internal_failing.add(key)
+        log.error(
+            "delivery.internal_error",
+            id=row.id,
+            endpoint=key,
+            error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,
+        )
+
     async def _attempt(self, cfg: Destination, row: Delivery) -> tuple[AttemptRecord, Classified]:
         sender = await self._sender(cfg.kind)
-        sent = await sender.send(cfg, row, self.clock())
+        started = time.perf_counter()
+        try:
+            sent = await sender.send(cfg, row, self.clock())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Senders must not raise (their contract), but one that does (aiohttp refusing a header,
+            # a bug) makes a failed attempt: it follows the retry schedule like any other failure,
+            # never an immediate retry in a loop.
+            self._internal_error(cfg.key, row, exc)
+            sent = SendOutcome(
+                None,
+                time.perf_counter() - started,
+                error_class="internal",
+                error=f"internal error: {type(exc).__name__}",
+            )
+        else:
+            if cfg.key in self._internal_failing:
+                self._internal_failing.discard(cfg.key)
+                log.info("delivery.internal_error_cleared", endpoint=cfg.key)
         now = self.clock()
         judged = assess(sent, now)
         decision = decide(

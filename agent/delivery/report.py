@@ -31,6 +31,7 @@ class DispatcherStats:
     dead: int = 0
     disabled_endpoints: int = 0
     db_errors: int = 0
+    internal_errors: int = 0  # attempts that ended in an exception (a bug or an unforeseen input)
 
 
 class AttemptReport:

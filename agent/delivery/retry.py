@@ -107,13 +107,15 @@ def assess(sent: SendOutcome, now: float) -> Assessment:
     result = classify(sent.status, sent.headers, now)
     if sent.status is None:
         return Assessment(result, sent.error_class, sent.error)
-    error = sent.error
-    if result.outcome is not Outcome.DELIVERED:
-        error = f"HTTP {sent.status}"
-        if 300 <= sent.status < 400:
-            error += f" redirect to {sent.headers.get('Location', '?')} not followed"
-        elif result.outcome is Outcome.ABORTED:
-            error += " and webhook-delivery: abort-message"
+    if result.outcome is Outcome.DELIVERED:
+        # The status line is the receiver's answer: a 2xx whose body then trickles past the timeout
+        # (or breaks off) is delivered, and a delivered row carries no error.
+        return Assessment(result, None, None)
+    error = f"HTTP {sent.status}"
+    if 300 <= sent.status < 400:
+        error += f" redirect to {sent.headers.get('Location', '?')} not followed"
+    elif result.outcome is Outcome.ABORTED:
+        error += " and webhook-delivery: abort-message"
     return Assessment(result, result.error_class, error)
 
 

@@ -21,7 +21,7 @@ from agent.config.source import (
     in_range,
     one_of,
 )
-from agent.delivery.signing import decode_secret
+from agent.delivery.signing import MIN_SECRET_BYTES, decode_secret
 
 OUTBOX_FILE = "outbox.sqlite3"
 
@@ -43,7 +43,9 @@ _RESERVED_HEADERS = frozenset(
         "connection",
     }
 )
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# RFC 9110 field values: visible characters, space and tab; every other C0 control and DEL is refused.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,15 @@ def _url(value: Any) -> str:
 
 def _check_secret(section: Section, key: str, secret: Secret, mode: str) -> bool:
     if mode == "github":
+        # GitHub-style HMAC keys are the secret's bytes as written: the same minimum strength as a
+        # Standard Webhooks key, or a receiver's signature check is a guessing game.
+        if len(secret.reveal().strip().encode("utf-8")) < MIN_SECRET_BYTES:
+            section.error(
+                key,
+                f"a signature: github secret must be at least {MIN_SECRET_BYTES} bytes "
+                "(create one with: edge-agent secret generate)",
+            )
+            return False
         return True
     try:
         decode_secret(secret.reveal())
@@ -227,12 +238,16 @@ def parse_webhook(section: Section, key: str, defaults: DeliveryConfig) -> Endpo
     hsec = section.sub("headers")
     for name in hsec.keys():  # noqa: SIM118 - Section is not iterable
         value = hsec.raw(name)
-        if not _HEADER_NAME.match(name):
+        if not _HEADER_NAME.fullmatch(name):
             hsec.error(name, "not a valid HTTP header name")
         elif name.lower() in _RESERVED_HEADERS:
             hsec.error(name, "set by the dispatcher; cannot be overridden")
-        elif not isinstance(value, str | int | float) or isinstance(value, bool) or "\n" in str(value):
+        elif not isinstance(value, str | int | float) or isinstance(value, bool):
             hsec.error(name, "expected a single-line string value")
+        elif _CONTROL.search(str(value)):
+            # \r, \0 or any other control byte would split or corrupt the request (header injection);
+            # aiohttp refuses them only at send time, and then every attempt fails the same way.
+            hsec.error(name, "control characters (\\r, \\n, \\0 ...) are not allowed in a header value")
         else:
             headers[name] = str(value)
     hsec.done()

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +40,24 @@ CODE_TAG = "code_tag"
 BITS = "bits"
 _SOURCES = (EVENT, CODE_TAG, BITS)
 _NONE = object()
+# Bounds on what a device can make the agent keep, persist in its snapshot and send in every alarm
+# webhook: a broken PLC once put a 30 MB string in the alarm code register.
+MAX_CODE_LENGTH = 128
+MAX_TEXT_LENGTH = 1024
+MAX_ACTIVE = 256
+
+
+def bounded_code(code: str) -> str:
+    """``code`` itself, or a long one cut short with a digest of the whole, so that two long codes
+    with the same beginning stay two alarms."""
+    if len(code) <= MAX_CODE_LENGTH:
+        return code
+    digest = hashlib.sha256(code.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{code[: MAX_CODE_LENGTH - 14]}…#{digest}"
+
+
+def bounded_text(text: str) -> str:
+    return text if len(text) <= MAX_TEXT_LENGTH else text[: MAX_TEXT_LENGTH - 1] + "…"
 
 
 @dataclass(slots=True)
@@ -87,7 +106,7 @@ def _code_of(value: Any) -> str | None:
         return None if value == 0 else str(int(value))
     if isinstance(value, str):
         text = value.strip()
-        return None if text in ("", "0") else text
+        return None if text in ("", "0") else bounded_code(text)
     return None
 
 
@@ -107,6 +126,7 @@ class AlarmTracker:
         self.tags = spec.tags
         self.has_unknown = False
         self.next_due = math.inf  # earliest deadline of a held alarm; ``due`` has work from then on
+        self.overflow = 0  # alarms not tracked because MAX_ACTIVE were active already
 
     def facts(self) -> tuple[AlarmFact, ...]:
         """What rules see: announced alarms only, so no rule acts on an alarm before its event."""
@@ -126,8 +146,10 @@ class AlarmTracker:
                 return []  # an active alarm without a code cannot be tracked
             doomed = [a for a in self.active.values() if a.source != BITS]
             return self._clear_all(doomed, now, lambda a: "event_clear_all")
-        code = str(n.code).strip()
+        code = bounded_code(str(n.code).strip())
         existing = self.active.get(code)
+        if n.active and existing is None and self._full():
+            return []
         if n.active:
             text = n.message or self.spec.text_for(code) or f"Alarm {code}"
             severity = n.severity if 1 <= n.severity <= 1000 else None
@@ -202,6 +224,8 @@ class AlarmTracker:
         if existing is not None:
             existing.unknown = False
             return []
+        if self._full():
+            return []
         severity = None
         if self.spec.severity_tag is not None:
             raw = values.get(self.spec.severity_tag)
@@ -248,13 +272,19 @@ class AlarmTracker:
     def _reschedule(self) -> None:
         self.next_due = min((self._deadline(a) for a in self.active.values() if a.held), default=math.inf)
 
+    def _full(self) -> bool:
+        if len(self.active) < MAX_ACTIVE:
+            return False
+        self.overflow += 1
+        return True
+
     def _hold(self, code: str, text: str, severity: int | None, now: float) -> None:
-        self.active[code] = ActiveAlarm(code, text, severity, now, CODE_TAG, held=True)
+        self.active[code] = ActiveAlarm(code, bounded_text(text), severity, now, CODE_TAG, held=True)
         self.next_due = min(self.next_due, self._deadline(self.active[code]))
 
     def _promote(self, alarm: ActiveAlarm, text: str, severity: int | None, now: float) -> AlarmChange:
         """The device's event for a held code: it raises the alarm, which keeps the register's start."""
-        alarm.description, alarm.severity, alarm.source = text, severity, EVENT
+        alarm.description, alarm.severity, alarm.source = bounded_text(text), severity, EVENT
         alarm.held = alarm.unknown = False
         self._reschedule()
         return AlarmChange(True, alarm, now)
@@ -277,7 +307,7 @@ class AlarmTracker:
     # -- chain
 
     def _raise(self, code: str, text: str, severity: int | None, now: float, source: str) -> AlarmChange:
-        alarm = ActiveAlarm(code, text, severity, now, source)
+        alarm = ActiveAlarm(code, bounded_text(text), severity, now, source)
         self.active[code] = alarm
         return AlarmChange(True, alarm, now)
 

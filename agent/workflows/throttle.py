@@ -27,6 +27,12 @@ class Throttle:
         self._last[key] = now
         return True
 
+    def forget(self, workflow: str, machine_id: str | None, at: float) -> None:
+        """Undo the firing remembered at ``at`` (it was not accepted after all)."""
+        key = (workflow, machine_id or "")
+        if self._last.get(key) == at:
+            del self._last[key]
+
     def keep_only(self, workflows: Iterable[str]) -> None:
         """Forget removed workflows after a reload."""
         names = set(workflows)

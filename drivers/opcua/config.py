@@ -19,6 +19,7 @@ from agent.config.source import (
     as_duration,
     as_float,
     as_int,
+    as_size,
     as_str,
     in_range,
     one_of,
@@ -29,6 +30,11 @@ SECURITY_POLICIES = ("None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha
 SECURITY_MODES = ("Sign", "SignAndEncrypt")
 SERVER_OBJECT = "i=2253"
 DEFAULT_EVENT_TYPE = "nsu=urn:edge-agent:simulator;s=CncAlarmType"
+# Bounds on what a server can make the agent hold (see drivers/opcua/limits.py). A CNC's tags are
+# numbers and short strings; 4 MiB answers a Read of hundreds of tags.
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+DEFAULT_MAX_STRING_LENGTH = 4096
+DEFAULT_MAX_ARRAY_LENGTH = 1000
 
 _NODE = re.compile(r"^(?:(?:ns=(?P<ns>\d+)|nsu=(?P<nsu>[^;]+));)?(?P<kind>[isgb])=(?P<ident>.+)$", re.DOTALL)
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -133,6 +139,9 @@ class OpcuaMachineConfig:
     password: Secret | None = None
     prefix: str = ""
     alarms: AlarmConfig | None = None
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_string_length: int = DEFAULT_MAX_STRING_LENGTH
+    max_array_length: int = DEFAULT_MAX_ARRAY_LENGTH
 
     @property
     def tag_names(self) -> tuple[str, ...]:
@@ -218,6 +227,13 @@ def parse(machine_id: str, conn: Section, tags: Section, poll_interval: float) -
         # The server drops a session idle longer than this: BadSessionIdInvalid on every poll (telegraf #15998).
         conn.error("session_timeout", f"must be longer than poll_interval ({poll_interval:g}s)")
     security = _security(conn)
+    max_message_size = conn.get(
+        "max_message_size", in_range(as_size, 64 * 1024, 256 * 2**20), DEFAULT_MAX_MESSAGE_SIZE
+    )
+    max_string_length = conn.get(
+        "max_string_length", in_range(as_int, 1, 16 * 2**20), DEFAULT_MAX_STRING_LENGTH
+    )
+    max_array_length = conn.get("max_array_length", in_range(as_int, 1, 2**20), DEFAULT_MAX_ARRAY_LENGTH)
     username = conn.opt("username", as_str)
     password = conn.secret("password")
     if password is not None and username is None:
@@ -269,4 +285,7 @@ def parse(machine_id: str, conn: Section, tags: Section, poll_interval: float) -
         password=password,
         prefix=prefix,
         alarms=alarms,
+        max_message_size=max_message_size,
+        max_string_length=max_string_length,
+        max_array_length=max_array_length,
     )

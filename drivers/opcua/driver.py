@@ -32,6 +32,7 @@ from cryptography import x509
 
 from drivers.base import AlarmNotice, ConnectionState, DriverError, Quality, Reading, Sample, Sink
 from drivers.opcua.config import NodeRef, OpcuaMachineConfig, OpcuaTag
+from drivers.opcua.limits import bound_client, oversize
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +53,11 @@ _SESSION_GONE = {
     StatusCodes.BadTimeout,
     StatusCodes.BadNoSubscription,
     StatusCodes.BadSubscriptionIdInvalid,
+}
+_TOO_LARGE = {
+    StatusCodes.BadRequestTooLarge,
+    StatusCodes.BadResponseTooLarge,
+    StatusCodes.BadEncodingLimitsExceeded,
 }
 _POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
     "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
@@ -113,6 +119,7 @@ class OpcuaDriver:
         self._stale_after = math.inf
         self._watch_task: asyncio.Task[None] | None = None
         self._teardown_tasks: set[asyncio.Task[None]] = set()
+        self._oversized: set[str] = set()  # tags whose last value was over a cap (logged once)
 
     def __repr__(self) -> str:
         return f"OpcuaDriver({self.machine_id!r}, {self.config.url!r}, {self._state.value})"
@@ -142,6 +149,7 @@ class OpcuaDriver:
         generation = self._generation
         cfg = self.config
         client = Client(cfg.url, timeout=cfg.timeout, watchdog_intervall=max(1.0, min(cfg.timeout, 5.0)))
+        bound_client(client, cfg.max_message_size)
         client.session_timeout = int(cfg.session_timeout * 1000)
         client.name = client.description = f"edge-agent {self.machine_id}"
         client.application_uri = "urn:edge-agent:client"
@@ -287,6 +295,13 @@ class OpcuaDriver:
             if exc.code in _SESSION_GONE:
                 self._lost(generation, f"read failed: {status_name(exc.code)}")
                 return self._all(Quality.DISCONNECTED, self._reason)
+            if exc.code in _TOO_LARGE:
+                # The answer did not fit max_message_size; asyncua has dropped the connection (the
+                # loss may already be recorded, as a bare "lost"): say why, once, then reconnect.
+                too_large = f"response larger than max_message_size ({self.config.max_message_size} bytes)"
+                self._lost(generation, too_large)
+                self._reason = too_large
+                return self._all(Quality.BAD, too_large)
             return self._all(Quality.BAD, f"read rejected: {status_name(exc.code)}")
         except (ConnectionError, OSError, TimeoutError) as exc:
             self._lost(generation, f"read failed: {_describe(exc)}")
@@ -313,6 +328,14 @@ class OpcuaDriver:
         variant = dv.Value
         if variant is None or variant.Value is None:
             return Reading(self.machine_id, tag.name, None, Quality.BAD, now, "no value")
+        cfg = self.config
+        why = oversize(variant.Value, cfg.max_string_length, cfg.max_array_length)
+        if why is not None:
+            if tag.name not in self._oversized:  # once per episode: the device repeats it every poll
+                self._oversized.add(tag.name)
+                log.warning("tag_value_too_large", machine_id=self.machine_id, tag=tag.name, reason=why)
+            return Reading(self.machine_id, tag.name, None, Quality.BAD, now, why)
+        self._oversized.discard(tag.name)
         return Reading(self.machine_id, tag.name, tag.convert(variant.Value), Quality.GOOD, now)
 
     # -- subscriptions

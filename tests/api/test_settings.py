@@ -35,8 +35,11 @@ def test_defaults_bind_loopback_8787() -> None:
 
 def test_explicit_bind_and_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_AGENT_TEST_API_TOKEN", TOKEN)
-    config, problems = parse("bind: '0.0.0.0:9000'\ntoken_env: EDGE_AGENT_TEST_API_TOKEN\nmax_body: 16KiB\n")
+    config, problems = parse(
+        "bind: '0.0.0.0:9000'\ntoken_env: EDGE_AGENT_TEST_API_TOKEN\nmax_body: 16KiB\nallow_plaintext: true\n"
+    )
     assert problems == []
+    assert config.allow_plaintext and config.exposed_plaintext
     assert config.token is not None and config.token.reveal() == TOKEN
     assert (config.host, config.port, config.max_body, config.loopback) == ("0.0.0.0", 9000, 16384, False)
     assert config.base_url == "http://127.0.0.1:9000"
@@ -54,6 +57,11 @@ def test_explicit_bind_and_token_from_env(monkeypatch: pytest.MonkeyPatch) -> No
         (f"token: {TOKEN}\ntls_cert_file: cert.pem\n", "api.tls_cert_file: file not found"),
         (f"token: {TOKEN}\nport: 1\n", "api.port: unknown key"),
         ("token_file: /nonexistent/edge-agent-token\n", "api.token_file: cannot read secret file"),
+        (f"token: {TOKEN}\nbind: '0.0.0.0:8787'\n", "api.bind: 0.0.0.0 is reachable from the network"),
+        (f"token: {TOKEN}\nbind: '192.0.2.7:8787'\n", "set allow_plaintext: true on purpose"),
+        (f"token: '{TOKEN}\u00e4'\n", "the API token must be printable ASCII"),
+        (f"token: {TOKEN}\nmax_connections: 0\n", "api.max_connections: must be at least 1"),
+        (f"token: {TOKEN}\nidle_timeout: 0s\n", "api.idle_timeout: must be at least 1"),
     ],
 )
 def test_problems_name_the_key(text: str, message: str) -> None:

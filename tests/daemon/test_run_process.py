@@ -239,3 +239,32 @@ async def test_sigterm_exits_0_and_keeps_pending_deliveries(
     for path, rec in delivered.items():
         assert rec.valid and rec.webhook_id == by_path[path].message_id
         assert body(rec)["event"] == "manual_trigger"
+
+
+async def test_a_second_agent_on_the_same_state_dir_is_refused_naming_the_first(daemon: Daemon) -> None:
+    assert daemon.agent.proc is not None
+    with tempfile.TemporaryDirectory(prefix="ea-") as short:
+        notify = NotifySocket(Path(short) / "notify.sock")
+        notify.start()
+        second = AgentProcess(daemon.files, notify)
+        await second.start()
+        try:
+            rc = await second.wait()
+        finally:
+            await second.stop()
+            await notify.close()
+    assert rc == 1
+    assert f"pid {daemon.agent.proc.pid}" in second.log()
+    assert notify.count("READY") == 0
+    status, _ = await daemon.agent.api("GET", "/healthz")
+    assert status == 200
+
+
+async def test_state_dir_and_its_databases_are_private_without_systemd(daemon: Daemon) -> None:
+    """pytest runs with umask 022, as a shell would: ``run`` must tighten it itself."""
+    state = daemon.files.state_dir
+    assert state.stat().st_mode & 0o777 == 0o700
+    files = list(state.iterdir())
+    assert any(f.name.endswith("-wal") for f in files)
+    for f in files:
+        assert f.stat().st_mode & 0o077 == 0, f"{f.name} is {oct(f.stat().st_mode & 0o777)}"

@@ -17,7 +17,7 @@ from agent.delivery.outbox import (
     checksum,
 )
 from agent.delivery.retry import Decision
-from agent.delivery.settings import OutboxConfig
+from agent.delivery.settings import OutboxConfig, WhenFull
 from tests.drills import set_page_limit
 
 from .conftest import FakeClock, delivery
@@ -221,9 +221,12 @@ async def test_row_limit_rejects_and_never_drops_pending(tmp_path: Path, clock: 
     await box.close()
 
 
-async def test_drop_delivered_makes_room_from_history_only(tmp_path: Path, clock: FakeClock) -> None:
+@pytest.mark.parametrize("when_full", ["reject", "drop_delivered"])
+async def test_history_makes_room_before_anything_is_refused(
+    tmp_path: Path, clock: FakeClock, when_full: WhenFull
+) -> None:
     box = await Outbox.open(
-        tmp_path / "o.sqlite3", OutboxConfig(max_rows=100, when_full="drop_delivered"), clock=clock
+        tmp_path / "o.sqlite3", OutboxConfig(max_rows=100, when_full=when_full), clock=clock
     )
     await box.enqueue([delivery(i) for i in range(100)])
     await box.claim(list(range(1, 51)))
@@ -237,6 +240,32 @@ async def test_drop_delivered_makes_room_from_history_only(tmp_path: Path, clock
         assert conn.execute("SELECT min(id) FROM deliveries WHERE state='delivered'").fetchone()[0] > 1
         assert conn.execute("SELECT count(*) FROM attempts WHERE delivery_id <= 10").fetchone()[0] == 0
     await box.close()
+
+
+async def test_many_fill_cycles_never_refuse_while_history_can_go(tmp_path: Path, clock: FakeClock) -> None:
+    """Issue 10: with a small outbox and the default when_full: reject, delivered history used to
+    fill it and refuse every new webhook. Forty cycles of 60 rows through a 100-row, 256 KiB outbox."""
+    config = OutboxConfig(max_rows=100, max_size=256 * 1024)
+    box = await Outbox.open(tmp_path / "o.sqlite3", config, clock=clock)
+    ok = Decision("delivered", clock.now, 1, 0)
+    try:
+        for cycle in range(40):
+            batch = [delivery(cycle * 100 + i, body=b"b" * 500) for i in range(60)]
+            await box.enqueue(batch)  # never OutboxFull: history goes first
+            ids = [r.id for r in (await box.list(state="pending", limit=200)).items]
+            claimed = await box.claim(ids)
+            await box.record([AttemptRecord(i, clock.now, 200, 0.01, None, None, b"", ok) for i in claimed])
+            clock.advance(1)
+            c = await box.counts()
+            assert c.pending == 0 and c.delivered <= config.max_rows
+        assert box.stats.rejected_full == 0
+        # Undelivered rows alone filling it: now when_full refuses, and nothing pending is touched.
+        await box.enqueue([delivery(10_000 + i) for i in range(60)])
+        with pytest.raises(OutboxFull):
+            await box.enqueue([delivery(20_000 + i) for i in range(60)])
+        assert (await box.counts()).pending == 60
+    finally:
+        await box.close()
 
 
 async def test_prune_removes_old_delivered_history(tmp_path: Path, clock: FakeClock) -> None:

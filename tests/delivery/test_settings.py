@@ -97,6 +97,20 @@ def test_webhook_secret_from_env_and_file_and_rotation(
         ("url: http://127.0.0.1/x\nsecret: {s}\nsignature: pgp", "webhook.signature"),
         ("url: http://127.0.0.1/x\nsecret: {s}\nheaders: {{webhook-id: x}}", "cannot be overridden"),
         ("url: http://127.0.0.1/x\nsecret: {s}\nretries: 3", "webhook.retries: unknown key"),
+        ('url: http://127.0.0.1/x\nsecret: {s}\nheaders: {{X-Y: "a\\rInjected: 1"}}', "headers.X-Y: control"),
+        ('url: http://127.0.0.1/x\nsecret: {s}\nheaders: {{X-Y: "a\\0b"}}', "headers.X-Y: control"),
+        ('url: http://127.0.0.1/x\nsecret: {s}\nheaders: {{X-Y: "a\\x1bb"}}', "headers.X-Y: control"),
+        ('url: http://127.0.0.1/x\nsecret: {s}\nheaders: {{X-Y: "a\\x7f"}}', "headers.X-Y: control"),
+        ('url: http://127.0.0.1/x\nsecret: {s}\nheaders: {{"X-Y\\n": a}}', "not a valid HTTP header name"),
+        ('url: http://127.0.0.1/x\nsecret: {s}\nheaders: {{"X\\rY": a}}', "not a valid HTTP header name"),
+        (
+            "url: http://127.0.0.1/x\nsecret: a\nsignature: github",
+            "webhook.secret: a signature: github secret",
+        ),
+        (
+            "url: http://127.0.0.1/x\nsecret: 23-characters-is-short!\nsignature: github",
+            "at least 24 bytes",
+        ),
     ],
 )
 def test_bad_webhooks_are_named_problems(yaml_text: str, needle: str) -> None:
@@ -110,10 +124,14 @@ def test_bad_webhooks_are_named_problems(yaml_text: str, needle: str) -> None:
     assert "agent.yaml:" in text
 
 
-def test_github_mode_accepts_any_secret_but_only_one() -> None:
-    top, problems = section("webhook: {url: 'http://127.0.0.1/gh', secret: plain-words, signature: github}\n")
+def test_github_mode_accepts_any_strong_enough_secret_but_only_one() -> None:
+    top, problems = section(
+        "webhook: {url: 'http://127.0.0.1/gh', secret: plain-words-but-long-enough, signature: github,"
+        ' headers: {X-Tab: "a\\tb"}}\n'
+    )
     ep = parse_webhook(top.sub("webhook"), "wf#0", DeliveryConfig())
     assert not problems and ep.signature == "github"
+    assert ep.headers["X-Tab"] == "a\tb"  # HTAB is legal inside a field value (RFC 9110)
 
 
 def test_retry_after_max_must_be_at_least_a_second() -> None:

@@ -16,10 +16,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.delivery.outbox import Outbox
+from agent.delivery.records import NewDelivery, OutboxUnavailable
 from agent.delivery.settings import OutboxConfig
 from agent.derive.errors import UnknownCategory, UnknownDowntime
 from agent.events import ALARM_TRIGGERED, MACHINE_STATUS_CHANGED, MachineRef, iso_utc
 from agent.pipeline import (
+    NotDurable,
     NotManual,
     OutOfScope,
     Pipeline,
@@ -29,7 +31,7 @@ from agent.pipeline import (
 )
 from agent.state.journal import JOURNAL_KEY
 from agent.state.store import StateStore
-from agent.workflows.plan import message_id
+from agent.workflows.plan import Firing, message_id
 from tests.drills import set_page_limit
 
 from .rig import (
@@ -37,6 +39,7 @@ from .rig import (
     MILL,
     FakeClock,
     Receiver,
+    Rig,
     body_of,
     derivers,
     hook,
@@ -403,52 +406,87 @@ async def test_delay_is_persisted_as_not_before_across_a_restart(tmp_path: Path)
     assert [d.message_id for d in due_later.rows] == [row.message_id]
 
 
+async def fill_to_the_page_limit(outbox: Outbox) -> None:
+    """The disk-full drill: no page can be added, and the free space left in the pages is used up
+    (big rows first, then smaller ones, until not even a tiny row fits)."""
+    await set_page_limit(outbox, 1)
+    n = 0
+    for size in (2000, 400, 50, 0):
+        for _ in range(10_000):
+            n += 1
+            row = NewDelivery(
+                f"msg_fill_{n}", "x#0", "http://127.0.0.1:9/", "x", "t", None, f"e{n}", b"f" * size, 0.0
+            )
+            try:
+                await outbox.enqueue([row])
+            except OutboxUnavailable:
+                break
+        else:
+            raise AssertionError("the page limit never made the outbox refuse")
+
+
+async def status_changes(rig: Rig, n: int) -> list[Firing]:
+    """``n`` derived machine_status_changed firings of mill-01 (ACTIVE/STOPPED in turn)."""
+    fired: list[Firing] = []
+    for i in range(n):
+        rig.clock.advance(60)
+        execution = "ACTIVE" if i % 2 == 0 else "STOPPED"
+        fired += await poll(rig.pipeline, "mill-01", readings(MILL, rig.clock.now, execution=execution))
+    return fired
+
+
+STATUS_FLOW = {
+    "st": "name: Status\ntrigger: {type: machine_status_changed}\n" + hook("http://127.0.0.1:9/st")
+}
+
+
 async def test_refused_rows_wait_in_memory_and_are_enqueued_later(tmp_path: Path) -> None:
+    """Derived events are the only rows held in memory: a manual trigger is refused instead."""
     flows = workflows_from(
-        tmp_path,
-        {
-            "qa": "name: QA\ntrigger: {type: manual}\n" + hook("http://127.0.0.1:9/qa"),
-        },
+        tmp_path, {**STATUS_FLOW, "qa": "name: QA\ntrigger: {type: manual}\n" + hook("http://127.0.0.1:9/qa")}
     )
-    clock = past_clock()
-    rig = await make_rig(tmp_path, flows, clock, dispatch=False)
+    rig = await make_rig(tmp_path, flows, past_clock(), dispatch=False)
     try:
-        pages = await set_page_limit(rig.outbox, 1)  # the disk-full drill: no page can be added
-        await set_page_limit(rig.outbox, max(pages, 1))
-        held = await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000)
+        await fill_to_the_page_limit(rig.outbox)
+        held = await status_changes(rig, 3)
         held_count = rig.pipeline.pending
+        with pytest.raises(NotDurable):
+            await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000)
+        after_trigger = rig.pipeline.pending
         await set_page_limit(rig.outbox, 1_000_000)
         await rig.pipeline.tick()
-        rows = (await rig.outbox.list()).items
+        rows = [r for r in (await rig.outbox.list(limit=200)).items if r.workflow == "Status"]
     finally:
         await rig.close()
-    assert not held.durable and held_count == 1
+    assert held and not any(f.durable for f in held)
+    assert held_count == after_trigger == len(held)
     assert rig.pipeline.pending == 0
-    assert [r.message_id for r in rows] == list(held.message_ids)
+    expected = [m for f in held for m in f.message_ids]
+    # In order and first (the tick may derive a newer change of its own after them).
+    assert [r.message_id for r in sorted(rows, key=lambda r: r.id)][: len(expected)] == expected
 
 
 async def test_rows_beyond_the_memory_limit_are_rejected_and_counted_not_dropped_silently(
     tmp_path: Path,
 ) -> None:
-    flows = workflows_from(
-        tmp_path,
-        {"qa": "name: QA\ntrigger: {type: manual}\n" + hook("http://127.0.0.1:9/qa")},
-    )
+    flows = workflows_from(tmp_path, STATUS_FLOW)
     rig = await make_rig(tmp_path, flows, past_clock(), dispatch=False)
     rig.pipeline.max_waiting = 2
     try:
-        pages = await set_page_limit(rig.outbox, 1)  # the disk-full drill
-        await set_page_limit(rig.outbox, max(pages, 1))
-        fired = [await rig.pipeline.trigger("QA", "mill-01", note="x" * 20000) for _ in range(3)]
+        await fill_to_the_page_limit(rig.outbox)
+        fired = await status_changes(rig, 3)
         waiting, rejected, refusing = rig.pipeline.pending, rig.pipeline.rejected, rig.pipeline.refusing
         await set_page_limit(rig.outbox, 1_000_000)
         await rig.pipeline.tick()
-        rows = (await rig.outbox.list()).items
+        rows = [r for r in (await rig.outbox.list(limit=200)).items if r.workflow == "Status"]
     finally:
         await rig.close()
+    assert len(fired) == 3
     assert (waiting, rejected, refusing) == (2, 1, True)
     # The two oldest waited and reached the outbox; the newest was the one rejected.
-    assert sorted(r.message_id for r in rows) == sorted(m for f in fired[:2] for m in f.message_ids)
+    kept = {m for f in fired[:2] for m in f.message_ids}
+    assert kept <= {r.message_id for r in rows}
+    assert not {m for m in fired[2].message_ids} & {r.message_id for r in rows}
     assert rig.pipeline.refusing is False
 
 

@@ -27,7 +27,7 @@ from agent.delivery.outbox.occupancy import Occupancy
 from agent.delivery.outbox.operations import PRUNE_BATCH, Operations
 from agent.delivery.outbox.queries import History
 from agent.delivery.outbox.queue import DispatchQueue
-from agent.delivery.outbox.schema import SCHEMA_VERSION, connect, open_writer
+from agent.delivery.outbox.schema import SCHEMA_VERSION, connect, open_writer, recover_in_flight
 from agent.delivery.outbox.writer import Writer
 from agent.delivery.records import (
     RESPONSE_KEEP,
@@ -85,7 +85,7 @@ class Outbox:
     ) -> Outbox:
         """Open (creating or migrating) the outbox. ``recover`` puts rows left in flight by a dead
         process back to pending; the CLI passes False because the agent may be running."""
-        w = await open_writer(path, clock, recover=recover)
+        w = await open_writer(path, clock)
         try:
             r = await connect(path)
             # The writer task is the only writer: SQLite itself refuses a write on this connection.
@@ -95,13 +95,22 @@ class Outbox:
             raise
         box = cls(path, config, clock, w, r)
         try:
+            if recover and not await recover_in_flight(w, path):
+                box.writer.recovery_pending = True
+                box.stats.unavailable = True
             await box.occupancy.reload(r)
         except BaseException:
             await w.close()
             await r.close()
             raise
+        box.writer.make_reserve()
         box.writer.start()
         return box
+
+    @property
+    def recovery_pending(self) -> bool:
+        """Rows left in flight by a dead process still wait to be put back (the disk was full)."""
+        return self.writer.recovery_pending
 
     async def close(self) -> None:
         if self.writer.closed:

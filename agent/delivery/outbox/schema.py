@@ -14,6 +14,7 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
+from agent.delivery.outbox.writer import RESERVE_SUFFIX
 from agent.delivery.records import OutboxError, OutboxUnavailable
 
 log = structlog.get_logger(__name__)
@@ -102,13 +103,11 @@ async def connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
-async def open_writer(path: Path, clock: Callable[[], float], *, recover: bool) -> aiosqlite.Connection:
-    """The one connection that writes: the file created or migrated, a damaged file moved aside.
-
-    ``recover`` puts rows left in flight by a dead process back to pending."""
+async def open_writer(path: Path, clock: Callable[[], float]) -> aiosqlite.Connection:
+    """The one connection that writes: the file created or migrated, a damaged file moved aside."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        w = await connect(path)
+        w = await _connect_with_reserve(path)
     except sqlite3.DatabaseError as exc:
         if "not a database" not in str(exc) and "malformed" not in str(exc):
             raise OutboxUnavailable(f"{path}: {exc}") from exc
@@ -119,14 +118,37 @@ async def open_writer(path: Path, clock: Callable[[], float], *, recover: bool) 
         w = await connect(path)
     try:
         await migrate(w, path)
-        if recover:
-            cur = await w.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'in_flight'")
-            if cur.rowcount:
-                log.warning("outbox.recovered_in_flight", rows=cur.rowcount)
     except BaseException:
         await w.close()
         raise
     return w
+
+
+async def _connect_with_reserve(path: Path) -> aiosqlite.Connection:
+    """On a full disk SQLite cannot even create its -shm/-wal files ("disk I/O error"): give it the
+    reserve kept beside the outbox for this (see writer.RESERVE_BYTES) and try once more."""
+    try:
+        return await connect(path)
+    except sqlite3.OperationalError as exc:
+        reserve = path.with_name(path.name + RESERVE_SUFFIX)
+        if not reserve.exists():
+            raise
+        reserve.unlink()
+        log.warning("outbox.reserve_released", path=str(reserve), reason=str(exc))
+        return await connect(path)
+
+
+async def recover_in_flight(w: aiosqlite.Connection, path: Path) -> bool:
+    """Put rows a dead process left in flight back to pending. False when the disk is full (or the
+    file cannot be written): the agent starts anyway, degraded, and the writer retries it."""
+    try:
+        cur = await w.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'in_flight'")
+    except sqlite3.OperationalError as exc:
+        log.error("outbox.recovery_deferred", path=str(path), error=str(exc))
+        return False
+    if cur.rowcount:
+        log.warning("outbox.recovered_in_flight", rows=cur.rowcount)
+    return True
 
 
 async def migrate(conn: aiosqlite.Connection, path: Path) -> None:

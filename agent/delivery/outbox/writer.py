@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ import structlog
 from agent.delivery.records import OutboxError, OutboxStats, OutboxUnavailable
 
 log = structlog.get_logger(__name__)
+
+# Kept free beside the outbox: when the disk fills, deleting it gives SQLite room to checkpoint and
+# to record the outcome of what is already in flight (the outbox's own state), not new rows.
+RESERVE_BYTES = 2 * 1024 * 1024
+RESERVE_SUFFIX = ".reserve"
 
 # (SQL, parameter rows): one parameter row runs ``execute``, several run ``executemany``.
 Statements = list[tuple[str, list[Sequence[Any]]]]
@@ -43,6 +49,40 @@ class Writer:
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.reserve = path.with_name(path.name + RESERVE_SUFFIX)
+        # Rows a dead process left in flight that could not be put back at open (disk full).
+        self.recovery_pending = False
+
+    def make_reserve(self) -> bool:
+        """Preallocate the reserve file (best effort: False when the space is not there)."""
+        if self.reserve.exists() and self.reserve.stat().st_size >= RESERVE_BYTES:
+            return True
+        try:
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.reserve.unlink()
+            return False
+        return True
+
+    def _release_reserve(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.reserve.unlink()
+            log.warning("outbox.reserve_released", path=str(self.reserve), bytes=RESERVE_BYTES)
+
+    async def _checkpoint(self) -> None:
+        """Fold the WAL into the main file and cut it to zero: after a full disk the WAL had grown
+        back into the freed space and was never checkpointed, so the outbox stayed unwritable."""
+        with contextlib.suppress(sqlite3.Error):
+            await self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def _recover_in_flight(self) -> int:
+        cur = await self.conn.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'in_flight'")
+        return cur.rowcount
 
     @property
     def closed(self) -> bool:
@@ -90,8 +130,14 @@ class Writer:
             await self._commit(batch)
 
     async def _commit(self, batch: list[_Op]) -> None:
+        if self.stats.unavailable:
+            await self._checkpoint()  # before writing again, not after: see _checkpoint
+        recovered: int | None = None
         try:
             await self.conn.execute("BEGIN IMMEDIATE")
+            if self.recovery_pending:
+                # Same transaction: the rows are pending again only if this commit succeeds.
+                recovered = await self._recover_in_flight()
             results = await self._execute(batch)
             await self.conn.execute("COMMIT")
         except Exception as exc:  # the writer must survive anything a batch can raise
@@ -99,9 +145,13 @@ class Writer:
                 await self.conn.execute("ROLLBACK")
             self._failed(batch, exc)
             return
+        if recovered is not None:
+            self.recovery_pending = False
+            log.warning("outbox.recovered_in_flight", rows=recovered, deferred=True)
         if self.stats.unavailable:
             log.warning("outbox.writable_again", path=str(self.path))
             self.stats.unavailable = False
+            self.make_reserve()
         self.stats.committed_batches += 1
         for op, res in zip(batch, results, strict=True):
             if op.on_commit is not None:
@@ -139,6 +189,8 @@ class Writer:
             if not self.stats.unavailable:
                 log.error("outbox.write_failed", path=str(self.path), error=str(exc), ops=len(batch))
             self.stats.unavailable = True
+            if "full" in str(exc):
+                self._release_reserve()
             err = OutboxUnavailable(f"outbox {self.path} cannot be written: {exc}")
         else:
             log.error("outbox.write_rejected", path=str(self.path), error=repr(exc), ops=len(batch))

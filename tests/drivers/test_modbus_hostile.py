@@ -1,0 +1,72 @@
+"""A hostile Modbus TCP "device": what it can make the agent hold is bounded by the protocol.
+
+A Modbus PDU is at most 253 bytes (the spec, MODBUS Application Protocol 1.1b3, 4.1), so pymodbus
+keeps at most one ADU (264 bytes) of unparsed input and drops the rest; a value is decoded only from
+a reply with exactly the configured register count. This test floods the client with megabytes of
+junk and a frame announcing 65,535 bytes, and measures what the agent allocated meanwhile: a few
+MiB (pymodbus' debug ring of recent frames), independent of how much the device sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tracemalloc
+
+from drivers.base import Quality
+from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.link import LinkPool
+from tests.drivers.conftest import modbus_config
+
+FLOOD = 24 * 1024 * 1024
+# pymodbus keeps the last Log.MAX_FRAMES (20) received chunks for its debug dump, each at most one
+# socket read (asyncio reads up to 256 KiB): about 5 MiB per process, whatever the flood.
+BOUND = 20 * 256 * 1024 + 1024 * 1024
+
+
+# The device runs in its own process, so that what is measured below is the agent's memory only.
+DEVICE = """
+import socket, struct, sys
+srv = socket.create_server(("127.0.0.1", 0))
+print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+request = conn.recv(260)
+sent = 0
+try:
+    # MBAP announcing the 16-bit maximum, then a read-holding-registers reply that never ends.
+    conn.sendall(request[:2] + b"\\0\\0" + struct.pack(">H", 0xFFFF) + b"\\x01\\x03\\xfa")
+    block = bytes(range(256)) * 256
+    while sent < int(sys.argv[1]):
+        conn.sendall(block)
+        sent += len(block)
+except OSError:
+    pass
+print(sent, flush=True)
+"""
+
+
+async def test_a_flood_of_junk_is_never_buffered_or_decoded() -> None:
+    device = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", DEVICE, str(FLOOD), stdout=asyncio.subprocess.PIPE
+    )
+    assert device.stdout is not None
+    port = int(await asyncio.wait_for(device.stdout.readline(), 30))
+    config = modbus_config(
+        f"modbus: {{host: 127.0.0.1, port: {port}, unit: 1, timeout: 2s}}\n"
+        "tags:\n  name: {table: holding, address: 0, type: string, length: 4}\n"
+    )
+    driver = ModbusDriver(config, links=LinkPool())
+    await driver.connect()
+    tracemalloc.start()
+    try:
+        (reading,) = await driver.read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await driver.close()
+    sent = int(await asyncio.wait_for(device.stdout.readline(), 30))
+    await device.wait()
+    assert reading.quality is not Quality.GOOD and reading.value is None
+    assert sent >= 1024 * 1024, "the flood must have reached the client for the test to mean anything"
+    assert sent >= 4 * BOUND, "the flood must be far larger than the bound"
+    assert peak < BOUND, f"{peak} bytes allocated while {sent} bytes of junk arrived"
