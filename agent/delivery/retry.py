@@ -92,7 +92,8 @@ def assess(sent: SendOutcome, now: float) -> Assessment:
         return Assessment(result, sent.error_class, sent.error)
     error = sent.error
     if result.outcome is not Outcome.DELIVERED:
-        error = f"HTTP {sent.status}"
+        # A non-HTTP sender (MQTT) maps onto HTTP codes; its own words say what really happened.
+        error = f"HTTP {sent.status}" + (f": {sent.error}" if sent.error else "")
         if 300 <= sent.status < 400:
             error += f" redirect to {sent.headers.get('Location', '?')} not followed"
         elif result.outcome is Outcome.ABORTED:
