@@ -64,3 +64,14 @@ def test_subscription_filters_follow_the_spec(bad: str) -> None:
     with pytest.raises(ValueError):
         check_filter(bad)
     assert check_filter("acme/+/+/cell-7/#") == "acme/+/+/cell-7/#"
+
+
+async def test_check_config_shows_the_broker_and_the_namespace(tmp_path: Path) -> None:
+    path = agent_yaml(tmp_path, 1883)
+    (tmp_path / "machines").mkdir()
+    code, out, err = await run_cli("check-config", "-c", str(path))
+    assert code == 0, out + err
+    assert "mqtt       127.0.0.1:1883  MQTT 5  client id edge-agent-cell-7" in out
+    assert (
+        "namespace  {enterprise}/{site}/{area}/{line}/{machine}/{status,alarms,downtime,parts,events}" in out
+    )
