@@ -143,8 +143,10 @@ async def test_broker_down_rows_wait_in_the_outbox_and_arrive_in_order_when_it_r
 ) -> None:
     runtime = await run_agent(write_config(tmp_path, broker.port, sim.port))
     try:
-        async with subscribe(broker.port, "edge-agent/#") as sub:
-            await sub.wait_for(lambda m: m.json()["state"] == "online")
+        async with subscribe(broker.port, "#") as sub:
+            # Each machine's first status went out while the broker was up; only what follows waits.
+            await sub.wait_for(lambda m: m.topic == "mes/cell-7/mill-01/status-changes")
+        earlier = {r.message_id for r in (await runtime.outbox.list(limit=100)).items}
         await broker.stop()
         changes = watch(runtime)
         # While the broker is away the machine keeps changing: every change becomes outbox rows.
@@ -158,7 +160,10 @@ async def test_broker_down_rows_wait_in_the_outbox_and_arrive_in_order_when_it_r
         async def all_planned() -> list[Any]:
             # Workflows fire in their own tasks: wait until the last change (to IDLE) has its row.
             page = await runtime.outbox.list(workflow="Status to MES", limit=100)
-            rows = sorted((r for r in page.items if r.machine_id == "mill-01"), key=lambda r: r.id)
+            rows = sorted(
+                (r for r in page.items if r.machine_id == "mill-01" and r.message_id not in earlier),
+                key=lambda r: r.id,
+            )
             return rows if len(rows) >= len(states) and b'"to":"IDLE"' in await body_of(rows[-1].id) else []
 
         async def body_of(delivery_id: int) -> bytes:
