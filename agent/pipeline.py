@@ -19,6 +19,7 @@ import structlog
 from agent.derive.errors import DeriveError, UnknownDowntime
 from agent.events import MANUAL_TRIGGER, Event, MachineRef, new_event_id
 from agent.holdback import HoldBack, OutboxIntake
+from agent.mqtt.tags import TagReporter
 from agent.mqtt.uns import Namespace
 from agent.state.journal import JOURNAL_KEY, Journal, journal_rows
 from agent.state.saver import StateSaver, Store
@@ -114,6 +115,7 @@ class Pipeline:
         # The Unified Namespace (agent.yaml ``publish:``): retained per-machine state on the broker.
         self.namespace = namespace
         self.agent_name = agent_name
+        self._tag_reporters: dict[str, TagReporter] = {}
         self._store = store
         self._clock = clock
         self._throttle = Throttle()
@@ -224,6 +226,7 @@ class Pipeline:
             log.warning("samples_for_unknown_machine", machine_id=machine_id, count=len(samples))
             return []
         events = deriver.ingest(samples, self._clock())
+        self._observe_tags(machine_id, samples)
         self._saver.changed(machine_id)
         if events:
             self._saver.unplanned(machine_id)  # until ``fire`` plans them
@@ -338,6 +341,31 @@ class Pipeline:
                 durable=f.durable,
             )
         return firings
+
+    def _observe_tags(self, machine_id: str, samples: Sequence[Any]) -> None:
+        tags = self.namespace.config.tags if self.namespace is not None else None
+        if tags is None:
+            return
+        reporter = self._tag_reporters.get(machine_id)
+        if reporter is None:
+            reporter = self._tag_reporters[machine_id] = TagReporter(tags)
+        reporter.observe(samples)
+
+    async def publish_tags(self, now: float | None = None) -> None:
+        """Tag values due on the namespace (``publish.tags``): at most one message per machine and
+        interval, only when a value moved past the deadband. Called by the runtime's ticker."""
+        if self.namespace is None or not self._tag_reporters:
+            return
+        now = self._clock() if now is None else now
+        report_id = new_event_id(now)
+        rows = []
+        for mid, reporter in sorted(self._tag_reporters.items()):
+            values = reporter.due(now)
+            ref = self.machines.get(mid)
+            if values is not None and ref is not None:
+                rows.append(uns_row(self.namespace.tags(ref, values, now, report_id), "tags", mid, "", now))
+        if rows:
+            await self._holdback.enqueue(rows)
 
     async def publish_state(self) -> None:
         """Put every machine's whole retained state on the broker (at start: the broker may hold

@@ -267,6 +267,10 @@ class Runtime:
             except Exception as exc:
                 log.error("tick_failed", error=repr(exc))
                 executions = []
+            try:
+                await self.pipeline.publish_tags()
+            except Exception as exc:
+                log.error("tag_publishing_failed", error=repr(exc))
             for ex in executions:
                 self.metrics.count_workflow(ex.workflow, "queued" if ex.durable else "waiting")
             if loop.time() - self._counts_at >= OUTBOX_COUNTS_SECONDS:

@@ -13,11 +13,13 @@ from agent.config.source import (
     Section,
     as_bool,
     as_duration,
+    as_float,
     as_int,
     as_str,
     in_range,
     one_of,
 )
+from agent.mqtt.tags import TagPublishing
 from agent.mqtt.topics import check_template
 
 Protocol = Literal["3.1.1", "5"]
@@ -82,6 +84,7 @@ class PublishConfig:
     topic: str = "{enterprise}/{site}/{area}/{line}/{machine}"
     qos: int = 1
     events: bool = True
+    tags: TagPublishing | None = None  # tag values on <root>/tags, rate-limited with a deadband
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,19 @@ def parse_publish(section: Section) -> PublishConfig | None:
         topic=section.get("topic", _template(UNS_FIELDS), d.topic),
         qos=section.get("qos", _qos, d.qos),
         events=section.get("events", as_bool, d.events),
+        tags=_tags(section.sub("tags")) if section.has("tags") else None,
+    )
+    section.done()
+    return cfg
+
+
+def _tags(section: Section) -> TagPublishing:
+    d = TagPublishing()
+    cfg = TagPublishing(
+        # Faster than 1 s is telemetry for a historian, not state for a namespace.
+        interval=section.get("interval", in_range(as_duration, lo=1, hi=86400), d.interval),
+        deadband=section.get("deadband", in_range(as_float, lo=0), d.deadband),
+        only=tuple(section.list_of("only", as_str)),
     )
     section.done()
     return cfg

@@ -41,8 +41,9 @@ from agent.mqtt.topics import render
 
 STATE_ENDPOINT = "#uns/state"
 EVENTS_ENDPOINT = "#uns/events"
+TAGS_ENDPOINT = "#uns/tags"
 # Fixed per kind so a message id is the same every time the same event is planned (crash replay).
-_KIND_INDEX = {"events": 0, "status": 1, "alarms": 2, "downtime": 3, "parts": 4}
+_KIND_INDEX = {"events": 0, "status": 1, "alarms": 2, "downtime": 3, "parts": 4, "tags": 5}
 _DOWNTIME_EVENTS = (DOWNTIME_STARTED, DOWNTIME_ENDED, DOWNTIME_CATEGORIZED, DOWNTIME_EXCEEDED)
 
 
@@ -132,6 +133,12 @@ class Namespace:
             )
         return out
 
+    def tags(self, machine: MachineRef, values: Mapping[str, Any], now: float, report_id: str) -> UnsMessage:
+        """A machine's tag values (retained; every value, as last published)."""
+        mid = uns_message_id(f"{report_id}_{machine.id}", "tags")
+        body = {"message_id": mid, "values": dict(values), "updated_at": iso_utc(now)}
+        return UnsMessage(TAGS_ENDPOINT, f"{self.root(machine)}/tags", body, mid)
+
     def snapshot(
         self, machines: Iterable[tuple[MachineRef, MachineView]], now: float, snapshot_id: str
     ) -> list[UnsMessage]:
@@ -158,17 +165,18 @@ class Namespace:
 
 
 def endpoints(config: PublishConfig | None, broker: MqttConfig | None) -> list[MqttEndpoint]:
-    """The namespace's two outbox destinations (the rows carry their topics)."""
+    """The namespace's outbox destinations: state (retained), events, and tags when configured
+    (the rows carry their topics)."""
     if config is None:
         return []
-    return [
-        MqttEndpoint(
-            STATE_ENDPOINT, f"mqtt:{config.topic}/+", MqttTarget(config.topic, config.qos, True), broker
-        ),
-        MqttEndpoint(
-            EVENTS_ENDPOINT, f"mqtt:{config.topic}/events", MqttTarget(config.topic, config.qos), broker
-        ),
+    t, q = config.topic, config.qos
+    out = [
+        MqttEndpoint(STATE_ENDPOINT, f"mqtt:{t}/+", MqttTarget(t, q, retain=True), broker),
+        MqttEndpoint(EVENTS_ENDPOINT, f"mqtt:{t}/events", MqttTarget(t, q), broker),
     ]
+    if config.tags is not None:
+        out.append(MqttEndpoint(TAGS_ENDPOINT, f"mqtt:{t}/tags", MqttTarget(t, q, retain=True), broker))
+    return out
 
 
 def _alarms(view: MachineView) -> list[dict[str, Any]] | None:

@@ -33,7 +33,9 @@ def machine_yaml(machine_id: str, port: int, unit: int, group: str) -> str:
     )
 
 
-def write_config(root: Path, broker_port: int, modbus_port: int, *, extra_mqtt: str = "") -> Path:
+def write_config(
+    root: Path, broker_port: int, modbus_port: int, *, extra_mqtt: str = "", extra_publish: str = ""
+) -> Path:
     (root / "machines").mkdir(parents=True, exist_ok=True)
     (root / "workflows").mkdir(exist_ok=True)
     for unit, mid in UNITS.items():
@@ -53,7 +55,7 @@ def write_config(root: Path, broker_port: int, modbus_port: int, *, extra_mqtt: 
         "delivery: {timeout: 5s, retry_schedule: [0s, 200ms, 500ms]}\n"
         "downtime_categories: [Setup]\n"
         f"mqtt: {{host: 127.0.0.1, port: {broker_port}, reconnect: {{min: 100ms, max: 500ms}}{extra_mqtt}}}\n"
-        "publish: {enterprise: acme, site: plant1}\n"
+        f"publish: {{enterprise: acme, site: plant1{extra_publish}}}\n"
     )
     return path
 
@@ -240,3 +242,23 @@ async def test_password_auth_and_a_subscriber_denied_by_acl_does_not_block_the_o
     finally:
         await runtime.stop(grace=1.0)
         await broker.stop()
+
+
+async def test_tag_values_are_retained_on_the_namespace_past_their_deadband(
+    tmp_path: Path, broker: Broker, sim: ModbusSimulator
+) -> None:
+    tags = ", tags: {interval: 1s, deadband: 50, only: [spindle_rpm, program]}"
+    runtime = await run_agent(write_config(tmp_path, broker.port, sim.port, extra_publish=tags))
+    topic = "acme/plant1/Milling/cell-7/mill-01/tags"
+    try:
+        async with subscribe(broker.port, topic) as sub:
+            await sub.wait_for(lambda m: m.json()["values"].get("program") == "O1000")
+            sim.machines[1].spindle_speed = 8000.0
+            sim.publish(1)
+            [fast] = await sub.wait_for(lambda m: m.json()["values"].get("spindle_rpm") == 8000.0)
+            assert set(fast.json()["values"]) == {"spindle_rpm", "program"}
+        async with subscribe(broker.port, topic) as late:
+            [kept] = await late.wait_for(lambda m: m.retain)
+            assert kept.json()["values"] == {"spindle_rpm": 8000.0, "program": "O1000"}
+    finally:
+        await runtime.stop(grace=1.0)
