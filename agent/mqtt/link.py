@@ -102,6 +102,10 @@ def _packed_properties_class() -> Any:
     return PackedProperties
 
 
+class PublishRefused(Exception):
+    """The broker answered, with an error reason code: retrying soon will not help."""
+
+
 class LinkDown(Exception):
     """Not connected, or the connection died before the broker acknowledged the message."""
 
@@ -157,6 +161,7 @@ class MqttLink:
         # Tasks waiting for a PUBACK, and those of them cancelled because the connection died.
         self._waiting: set[asyncio.Task[Any]] = set()
         self._cut: set[asyncio.Task[Any]] = set()
+        self._acks: dict[int, asyncio.Future[Any]] = {}  # packet id → the PUBACK's reason code
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -199,24 +204,36 @@ class MqttLink:
     async def publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, message_id: str | None = None
     ) -> None:
-        """Returns when the broker has the message (PUBACK for QoS 1, written to the socket for QoS 0)."""
+        """Returns when the broker has the message (PUBACK for QoS 1, written to the socket for QoS 0).
+
+        ``PublishRefused`` when an MQTT 5 broker answers with an error reason code (e.g. 0x87 Not
+        authorized: its ACL forbids the topic); an MQTT 3.1.1 broker drops such a message silently.
+        """
         client = self._client
         if client is None:
             raise LinkDown(self.last_error or "not connected to the broker")
-        from aiomqtt import MqttError
+        import paho.mqtt.client as paho
 
         props = None
         if message_id is not None and self.config.protocol == "5":
             props = message_id_property(message_id)
+        # paho directly rather than aiomqtt's publish: aiomqtt drops the PUBACK's reason code (so an
+        # ACL refusal would count as delivered) and scans all pending calls on every publish.
+        info = client._client.publish(topic, payload, qos, retain, props)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise LinkDown(f"cannot publish: {paho.error_string(info.rc)}")
+        if qos == 0 or info.is_published():
+            return
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = acked
         task = asyncio.current_task()
         assert task is not None
         # Awaited in the caller's own task (no extra task per message: this is the hot path); if the
         # connection dies meanwhile, ``_down`` cancels the task and the cancellation becomes LinkDown.
         self._waiting.add(task)
         try:
-            await client.publish(
-                topic, payload, qos=qos, retain=retain, properties=props, timeout=self.config.publish_timeout
-            )
+            async with asyncio.timeout(self.config.publish_timeout):
+                reason = await acked
         except asyncio.CancelledError:
             if task not in self._cut:
                 raise
@@ -224,10 +241,22 @@ class MqttLink:
             if task.uncancel() > 0:  # cancelled by someone else too: that one wins
                 raise
             raise LinkDown("connection lost before the broker acknowledged the message") from None
-        except MqttError as exc:
-            raise LinkDown(str(exc)) from None
+        except TimeoutError:
+            raise LinkDown(f"no PUBACK within {self.config.publish_timeout:g} s") from None
         finally:
             self._waiting.discard(task)
+            self._acks.pop(info.mid, None)
+        if getattr(reason, "is_failure", False):
+            raise PublishRefused(f"the broker refused the message: {reason} (0x{int(reason.value):02X})")
+
+    def _on_publish(self, original: Any) -> Any:
+        def on_publish(client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+            acked = self._acks.pop(mid, None)
+            if acked is not None and not acked.done():
+                acked.set_result(reason)
+            original(client, userdata, mid, reason, properties)  # aiomqtt's own (birth, offline)
+
+        return on_publish
 
     # ---- the connection loop
 
@@ -271,6 +300,7 @@ class MqttLink:
         # aiomqtt warns above 10 pending publishes; a full in-flight window is normal here.
         client.pending_calls_threshold = cfg.in_flight + 16
         client._client.connect_timeout = cfg.connect_timeout
+        client._client.on_publish = self._on_publish(client._client.on_publish)
         return client
 
     async def _run(self) -> None:

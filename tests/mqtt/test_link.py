@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.config.source import Secret
-from agent.mqtt.link import LinkDown, MqttLink
+from agent.mqtt.link import LinkDown, MqttLink, PublishRefused
 from agent.mqtt.settings import MqttConfig, TlsConfig
 from tests.mqtt.broker import Broker, make_certs
 from tests.mqtt.subscriber import subscribe
@@ -209,3 +209,25 @@ def test_packed_user_properties_are_byte_identical_to_the_reference_client() -> 
         ref.UserProperty = [("message-id", mid)]
         assert pack_user_properties([("message-id", mid)]) == ref.pack()  # type: ignore[no-untyped-call]
         assert message_id_property(mid).pack() == ref.pack()  # type: ignore[no-untyped-call]
+
+
+async def test_a_publish_the_broker_acl_forbids_is_refused_with_mqtt_5(tmp_path: Path) -> None:
+    acl = "user edge\ntopic write allowed/#\n"
+    broker = await Broker(tmp_path / "b", users={"edge": "pw-acl-1"}, acl=acl).start()
+    try:
+        for protocol in ("5", "3.1.1"):
+            link = MqttLink(
+                config(broker.port, protocol=protocol, username="edge", password=Secret("pw-acl-1", "t"))
+            )
+            await link.start()
+            assert await link.wait_connected(10)
+            await link.publish("allowed/x", b"{}", 1, False, "msg_ok")
+            if protocol == "5":
+                with pytest.raises(PublishRefused, match=r"Not authorized \(0x87\)"):
+                    await link.publish("denied/x", b"{}", 1, False, "msg_no")
+            else:
+                # MQTT 3.1.1 has no way to say no: the broker acknowledges and drops the message.
+                await link.publish("denied/x", b"{}", 1, False, "msg_no")
+            await link.stop()
+    finally:
+        await broker.stop()

@@ -5,7 +5,8 @@ A row holds its rendered topic in ``url`` (``mqtt:<topic>``) and its payload in 
 (reconnect, birth, Last Will, TLS) is ``agent.mqtt.link``; it opens at the first row for a broker.
 
 Outcomes in the dispatcher's HTTP terms (``senders/base.py``): the PUBACK (QoS 1) or the write to
-the socket (QoS 0) is 200. A broker that cannot be reached is 503 with ``Retry-After``: like a
+the socket (QoS 0) is 200; an MQTT 5 PUBACK with an error reason code (ACL: 0x87 Not authorized)
+is 403, retried on the schedule and then dead. A broker that cannot be reached is 503 with ``Retry-After``: like a
 webhook endpoint in an outage, rows wait in the outbox without burning their attempt budget, and
 only ``delivery.max_age`` ends them.
 """
@@ -18,7 +19,7 @@ import time
 from agent.delivery.records import Delivery
 from agent.delivery.senders.base import Destination, SendOutcome
 from agent.delivery.settings import DeliveryConfig
-from agent.mqtt.link import LinkDown, MqttLink
+from agent.mqtt.link import LinkDown, MqttLink, PublishRefused
 from agent.mqtt.settings import MqttConfig, MqttEndpoint
 from agent.mqtt.topics import URL_PREFIX
 
@@ -62,6 +63,9 @@ class MqttSender:
             )
         except LinkDown as exc:
             return down_outcome(str(exc), time.perf_counter() - started, link.next_attempt_at, now)
+        except PublishRefused as exc:
+            # 403: a failed attempt on the retry schedule, then dead; the history says why.
+            return SendOutcome(403, time.perf_counter() - started, error=str(exc))
         return SendOutcome(200, time.perf_counter() - started)
 
     async def close(self) -> None:
