@@ -40,6 +40,16 @@ class Collector:
 
         return await asyncio.wait_for(loop(), within)
 
+    async def wait_until(self, check: Any, within: float = 30.0) -> None:
+        """Until ``check()`` holds; it is looked at again on every message."""
+
+        async def loop() -> None:
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), within)
+
     async def wait_count(self, n: int, pred: Any = lambda m: True, within: float = 30.0) -> list[Seen]:
         async def loop() -> list[Seen]:
             while True:

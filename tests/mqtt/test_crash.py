@@ -104,12 +104,21 @@ async def test_kill_9_mid_burst_loses_nothing_and_the_will_and_retained_state_ar
             # While the agent is dead, m1 starts a cycle: the restarted agent must find out and say so.
             fleet.machines[1].execution = Execution.ACTIVE
             fleet.publish(1)
+            mark = len(sub.messages)
             agent2 = AgentProcess(files, notify)
             await agent2.start()
             await agent2.wait_ready(count=2)
-            await sub.wait_for(
-                lambda m: m.topic == "acme/plant1/cell/test-cell/m1/status" and m.json()["state"] == "ACTIVE"
-            )
+            expected = {f"m{u}": ("ACTIVE" if u == 1 else "IDLE") for u in UNITS}
+
+            def settled() -> bool:
+                # What the restarted agent itself said last about each machine's status.
+                latest = {}
+                for m in sub.messages[mark:]:
+                    if m.topic.startswith("acme/") and m.topic.endswith("/status"):
+                        latest[m.topic.split("/")[4]] = m.json()["state"]
+                return latest == expected
+
+            await sub.wait_until(settled)
 
             async def drained() -> bool:
                 await asyncio.sleep(0)
@@ -142,4 +151,4 @@ async def test_kill_9_mid_burst_loses_nothing_and_the_will_and_retained_state_ar
     async with subscribe(broker.port, "acme/plant1/cell/test-cell/+/status") as late:
         seen = await late.wait_count(len(UNITS), lambda m: m.retain)
         states = {m.topic.split("/")[4]: m.json()["state"] for m in seen}
-    assert states == {f"m{u}": ("ACTIVE" if u == 1 else "IDLE") for u in UNITS}
+    assert states == expected
