@@ -329,6 +329,10 @@ class MqttLink:
             except asyncio.CancelledError:
                 self._down("stopped")
                 raise
+            except Exception as exc:
+                # A bug (ours or the client's) must not end publishing for good: report, back off, retry.
+                log.error("mqtt.link_failed", error=repr(exc), exc_info=True)
+                self._down(f"internal error: {type(exc).__name__}")
             if self._stopping:
                 break
             delay = backoff(delay, self.config, self._rand())
