@@ -15,6 +15,7 @@ from agent.commands import (
     config_cmd,
     deliver_cmd,
     demo_cmd,
+    mqtt_cmd,
     operate_cmd,
     read_cmd,
     receive_cmd,
@@ -33,6 +34,7 @@ COMMAND_MODULES = (
     workflow_cmd,
     operate_cmd,
     demo_cmd,
+    mqtt_cmd,
 )
 
 

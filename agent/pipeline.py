@@ -19,10 +19,12 @@ import structlog
 from agent.derive.errors import DeriveError, UnknownDowntime
 from agent.events import MANUAL_TRIGGER, Event, MachineRef, new_event_id
 from agent.holdback import HoldBack, OutboxIntake
+from agent.mqtt.tags import TagReporter
+from agent.mqtt.uns import Namespace
 from agent.state.journal import JOURNAL_KEY, Journal, journal_rows
 from agent.state.saver import StateSaver, Store
 from agent.workflows.match import exceeded_thresholds, in_scope
-from agent.workflows.plan import Firing, plan
+from agent.workflows.plan import Firing, Topics, plan, uns_row
 from agent.workflows.schedule import Schedules
 from agent.workflows.spec import ManualTrigger, Workflow
 from agent.workflows.throttle import Throttle
@@ -112,8 +114,14 @@ class Pipeline:
         on_events: Callable[[Sequence[Event]], None] | None = None,
         snapshot_interval: float = 5.0,
         max_waiting: int = 100_000,
+        namespace: Namespace | None = None,
+        agent_name: str = "edge-agent",
     ) -> None:
         self._on_events = on_events
+        # The Unified Namespace (agent.yaml ``publish:``): retained per-machine state on the broker.
+        self.namespace = namespace
+        self.agent_name = agent_name
+        self._tag_reporters: dict[str, TagReporter] = {}
         self._store = store
         self._clock = clock
         self._throttle = Throttle()
@@ -221,6 +229,7 @@ class Pipeline:
             return []
         self._saver.before_poll(machine_id)
         events = deriver.ingest(samples, self._clock())
+        self._observe_tags(machine_id, samples)
         self._saver.changed(machine_id)
         if events:
             self._saver.unplanned(machine_id, events[0].id)  # until ``fire`` plans them
@@ -327,7 +336,8 @@ class Pipeline:
     async def _fire(self, events: Sequence[Event], now: float) -> list[Firing]:
         if events and self._on_events is not None:
             self._on_events(events)
-        planned = plan(events, self.workflows.values(), self._throttle, now)
+        topics = Topics(self.agent_name, self.namespace, self.derivers)
+        planned = plan(events, self.workflows.values(), self._throttle, now, topics)
         for workflow, machine_id, event_id in planned.throttled:
             log.info("workflow_throttled", workflow=workflow, machine_id=machine_id, event_id=event_id)
         if planned.rows:
@@ -348,6 +358,43 @@ class Pipeline:
                 durable=f.durable,
             )
         return firings
+
+    def _observe_tags(self, machine_id: str, samples: Sequence[Any]) -> None:
+        tags = self.namespace.config.tags if self.namespace is not None else None
+        if tags is None:
+            return
+        reporter = self._tag_reporters.get(machine_id)
+        if reporter is None:
+            reporter = self._tag_reporters[machine_id] = TagReporter(tags)
+        reporter.observe(samples)
+
+    async def publish_tags(self, now: float | None = None) -> None:
+        """Tag values due on the namespace (``publish.tags``): at most one message per machine and
+        interval, only when a value moved past the deadband. Called by the runtime's ticker."""
+        if self.namespace is None or not self._tag_reporters:
+            return
+        now = self._clock() if now is None else now
+        report_id = new_event_id(now)
+        rows = []
+        for mid, reporter in sorted(self._tag_reporters.items()):
+            values = reporter.due(now)
+            ref = self.machines.get(mid)
+            if values is not None and ref is not None:
+                rows.append(uns_row(self.namespace.tags(ref, values, now, report_id), "tags", mid, "", now))
+        if rows:
+            await self._holdback.enqueue(rows)
+
+    async def publish_state(self) -> None:
+        """Put every machine's whole retained state on the broker (at start: the broker may hold
+        values from before a crash or a config change, or nothing at all)."""
+        if self.namespace is None:
+            return
+        now = self._clock()
+        views: list[tuple[MachineRef, Any]] = [
+            (self.machines[mid], d) for mid, d in sorted(self.derivers.items()) if mid in self.machines
+        ]
+        messages = self.namespace.snapshot(views, now, new_event_id(now))
+        await self._holdback.enqueue([uns_row(m, "state", None, "", now) for m in messages])
 
     # -- durability of derived state
 

@@ -21,7 +21,8 @@ from aiohttp import web
 from agent.collection import Collection
 from agent.config.agent_file import Config, collect_config
 from agent.config.machines import MachineConfig
-from agent.delivery.settings import OUTBOX_FILE, EndpointConfig
+from agent.delivery.senders import Destination
+from agent.delivery.settings import OUTBOX_FILE
 from agent.health import Facts, Health, judge, status_line
 from agent.metrics import Metrics
 from agent.notify import Notifier
@@ -93,6 +94,11 @@ class Runtime:
         self.dispatcher = Dispatcher(
             self.outbox, endpoints_of(cfg), cfg.agent.delivery, on_result=self.metrics.observe_delivery
         )
+        namespace = None
+        if cfg.agent.publish is not None:
+            from agent.mqtt.uns import Namespace
+
+            namespace = Namespace(cfg.agent.publish, cfg.agent.name)
         self.pipeline = Pipeline(
             {m.id: m.ref for m in cfg.machines},
             derivers,
@@ -102,8 +108,11 @@ class Runtime:
             clock=self.clock,
             on_enqueued=self.dispatcher.wake,
             on_events=self._count_events,
+            namespace=namespace,
+            agent_name=cfg.agent.name,
         )
         await self.pipeline.start()
+        await self.pipeline.publish_state()
         await self.dispatcher.start()
         await self._start_api()
         for machine in cfg.machines:
@@ -214,6 +223,10 @@ class Runtime:
             except Exception as exc:
                 log.error("tick_failed", error=repr(exc))
                 executions = []
+            try:
+                await self.pipeline.publish_tags()
+            except Exception as exc:
+                log.error("tag_publishing_failed", error=repr(exc))
             for ex in executions:
                 self.metrics.count_workflow(ex.workflow, "queued" if ex.durable else "waiting")
             if loop.time() - self._counts_at >= OUTBOX_COUNTS_SECONDS:
@@ -325,9 +338,15 @@ class Runtime:
                 log.error("reload_rejected", problem=e)
             self.last_reload = {"ok": False, "errors": errors, "at": self.clock()}
             return self.last_reload
-        if new.agent.state_dir != self.config.agent.state_dir or new.agent.api != self.config.agent.api:
+        if (
+            new.agent.state_dir != self.config.agent.state_dir
+            or new.agent.api != self.config.agent.api
+            or new.agent.mqtt != self.config.agent.mqtt
+            or new.agent.publish != self.config.agent.publish
+        ):
             log.warning(
-                "reload_needs_restart", detail="state_dir and api changes take effect after a restart"
+                "reload_needs_restart",
+                detail="state_dir, api, mqtt and publish changes take effect after a restart",
             )
         fresh = {m.id: m for m in new.machines}
         removed, added, changed = machine_changes(self.config.machines, new.machines)
@@ -418,6 +437,11 @@ def machine_changes(
     return removed, added, changed
 
 
-def endpoints_of(config: Config) -> Mapping[str, EndpointConfig]:
-    """Endpoint key ``<workflow>#<action index>`` → its webhook settings, for the dispatcher."""
-    return {ep.key: ep for wf in config.workflows for ep in wf.endpoints}
+def endpoints_of(config: Config) -> Mapping[str, Destination]:
+    """Endpoint key → its settings, for the dispatcher: ``<workflow>#<action index>`` of every
+    workflow action (webhook or mqtt) and the namespace's ``#uns/state`` and ``#uns/events``."""
+    from agent.mqtt.uns import endpoints as uns_endpoints
+
+    found = {ep.key: ep for wf in config.workflows for ep in wf.endpoints}
+    found.update((ep.key, ep) for ep in uns_endpoints(config.agent.publish, config.agent.mqtt))
+    return found

@@ -27,6 +27,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"{path}: ok")
     print(f"  state dir  {config.agent.state_dir}")
+    mqtt = config.agent.mqtt
+    if mqtt is not None:
+        tls = " tls" if mqtt.tls is not None else ""
+        print(f"  mqtt       {mqtt.host}:{mqtt.port}{tls}  MQTT {mqtt.protocol}  client id {mqtt.client_id}")
+    if config.agent.publish is not None:
+        print(f"  namespace  {config.agent.publish.topic}/{{status,alarms,downtime,parts,events}}")
     for m in config.machines:
         mode = "subscribe" if m.subscribes else f"poll {m.poll_interval:g}s"
         tags = len(m.connection.tag_names)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from agent.api.settings import ApiConfig
     from agent.delivery.settings import DeliveryConfig, OutboxConfig
     from agent.derive.spec import Categories
+    from agent.mqtt.settings import MqttConfig, PublishConfig
     from agent.workflows.spec import Workflow
 
 DEFAULT_STATE_DIR = Path("/var/lib/edge-agent")
@@ -39,6 +40,8 @@ class AgentConfig:
     outbox: OutboxConfig
     delivery: DeliveryConfig
     categories: Categories
+    mqtt: MqttConfig | None = None  # the broker connection (``mqtt:``), shared by every MQTT destination
+    publish: PublishConfig | None = None  # the Unified Namespace (``publish:``)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,12 @@ def _read_agent(
     outbox = parse_outbox(top.sub("outbox"))
     delivery = parse_delivery(top.sub("delivery"))
     categories = parse_categories(top)
+    from agent.mqtt.settings import parse_mqtt, parse_publish
+
+    mqtt = parse_mqtt(top.sub("mqtt"), name)
+    publish = parse_publish(top.sub("publish"))
+    if publish is not None and mqtt is None and "mqtt" not in top.data:
+        top.error("publish", "publish: needs the broker connection: add an mqtt: section (host, port, ...)")
     workflows_raw = top.raw("workflows")
     top.done()
     cfg = AgentConfig(
@@ -107,6 +116,8 @@ def _read_agent(
         outbox=outbox,
         delivery=delivery,
         categories=categories,
+        mqtt=mqtt,
+        publish=publish,
     )
     return cfg, (top, workflows_raw)
 
@@ -173,9 +184,38 @@ def collect_config(
         categories=agent.categories,
         base_dir=root,
     )
+    workflows = _with_broker(workflows, agent, "mqtt" in top.data, problems)
     if problems:
         return None, problems
     return Config(agent=agent, machines=tuple(machines), workflows=tuple(workflows)), problems
+
+
+def _with_broker(
+    workflows: list[Workflow], agent: AgentConfig, section_given: bool, problems: Problems
+) -> list[Workflow]:
+    """Every mqtt: action publishes through the agent's one broker connection (agent.yaml mqtt:)."""
+    import dataclasses
+
+    from agent.mqtt.settings import MqttEndpoint
+
+    out: list[Workflow] = []
+    for wf in workflows:
+        actions = []
+        for action in wf.actions:
+            ep = action.endpoint
+            if isinstance(ep, MqttEndpoint):
+                if agent.mqtt is None and not section_given:
+                    file, line, key = ep.target.where
+                    problems.add(
+                        file,
+                        line,
+                        key,
+                        "an mqtt: action needs the broker connection: add mqtt: to agent.yaml",
+                    )
+                action = dataclasses.replace(action, endpoint=dataclasses.replace(ep, broker=agent.mqtt))
+            actions.append(action)
+        out.append(dataclasses.replace(wf, actions=tuple(actions)))
+    return out
 
 
 def _missing_dir(top: Section, key: str, folder: Path, problems: Problems) -> None:

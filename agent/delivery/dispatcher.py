@@ -207,14 +207,15 @@ class Dispatcher:
             ep = self._state.get(key)
             if ep is None:
                 ep = self._state[key] = _Endpoint(self.config)
-            limit = 1 if cfg.fifo else cfg.concurrency
+            # A destination whose one connection keeps order (MQTT) may have a FIFO window in flight.
+            limit = getattr(cfg, "fifo_window", 1) if cfg.fifo else cfg.concurrency
             allowance = ep.breaker.allowance(now, ep.in_flight, limit)
             if allowance <= 0:
                 t = ep.breaker.wake_at(now)
                 if t is not None and (wake_at is None or t < wake_at):
                     wake_at = t
                 continue
-            found = await self.queue.candidates(key, now, allowance, cfg.fifo)
+            found = await self.queue.candidates(key, now, allowance, cfg.fifo, window=limit > 1)
             if found.corrupt:
                 await self.queue.mark_corrupt(found.corrupt)
                 again = True

@@ -111,7 +111,8 @@ def assess(sent: SendOutcome, now: float) -> Assessment:
         # The status line is the receiver's answer: a 2xx whose body then trickles past the timeout
         # (or breaks off) is delivered, and a delivered row carries no error.
         return Assessment(result, None, None)
-    error = f"HTTP {sent.status}"
+    # A non-HTTP sender (MQTT) maps onto HTTP codes; its own words say what really happened.
+    error = f"HTTP {sent.status}" + (f": {sent.error}" if sent.error else "")
     if 300 <= sent.status < 400:
         error += f" redirect to {sent.headers.get('Location', '?')} not followed"
     elif result.outcome is Outcome.ABORTED:

@@ -11,7 +11,7 @@ import copy
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from agent.events import (
@@ -255,6 +255,11 @@ class MachineDeriver:
 
     def part_totals(self, day: date | str) -> int:
         return self._parts.day_total(day)
+
+    def parts_today(self, now: float) -> tuple[str, int]:
+        """The machine's local day (its ``timezone:``) at ``now`` and the parts made in it so far."""
+        day = datetime.fromtimestamp(now, self._parts.tz).date().isoformat()
+        return day, self._parts.day_total(day)
 
     def parts_since(self, ts: float) -> int:
         return self._parts.since(ts)

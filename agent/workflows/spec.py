@@ -41,6 +41,7 @@ from agent.workflows.cron import check_cron, check_timezone
 
 if TYPE_CHECKING:
     from agent.delivery.settings import DeliveryConfig, EndpointConfig
+    from agent.mqtt.settings import MqttEndpoint
 
 TRIGGER_TYPES = (
     MACHINE_STATUS_CHANGED,
@@ -172,9 +173,8 @@ Trigger = (
 
 @dataclass(frozen=True)
 class WebhookAction:
-    endpoint: (
-        EndpointConfig  # key "<workflow name>#<index>", url, secrets, headers, timeout, delay, signature
-    )
+    # key "<workflow name>#<index>"; a webhook (url, secrets, headers, ...) or an mqtt: action (topic).
+    endpoint: EndpointConfig | MqttEndpoint
 
     @property
     def delay(self) -> float:
@@ -194,7 +194,7 @@ class Workflow:
     file: str = ""
 
     @property
-    def endpoints(self) -> tuple[EndpointConfig, ...]:
+    def endpoints(self) -> tuple[EndpointConfig | MqttEndpoint, ...]:
         return tuple(a.endpoint for a in self.actions)
 
     def summary(self) -> dict[str, Any]:
@@ -275,13 +275,20 @@ def _parse_action(
 ) -> WebhookAction | None:
     from agent.delivery.settings import DeliveryConfig, parse_webhook
 
-    present = sec.has("webhook")
-    if not present and sec.ok:
-        sec.error_here("an action needs a webhook: mapping (the only action type)")
+    kinds = [k for k in ("webhook", "mqtt") if sec.has(k)]
+    if not kinds and sec.ok:
+        sec.error_here("an action needs a webhook: or an mqtt: mapping")
+    if len(kinds) > 1:
+        sec.error("mqtt", "one action is either webhook: or mqtt:; write two actions for both")
     hook = sec.sub("webhook")
+    pub = sec.sub("mqtt")
     sec.done()
-    if not present:
+    if len(kinds) != 1:
         return None
+    if kinds[0] == "mqtt":
+        from agent.mqtt.settings import parse_mqtt_action
+
+        return WebhookAction(endpoint=parse_mqtt_action(pub, endpoint_key(name, index)))
     endpoint = parse_webhook(hook, endpoint_key(name, index), delivery or DeliveryConfig())
     return WebhookAction(endpoint=endpoint)
 

@@ -66,8 +66,9 @@ def test_a_2xx_status_line_is_delivered_whatever_happens_to_the_body() -> None:
     judged = assess(sent, 0.0)
     assert judged.result.outcome is Outcome.DELIVERED
     assert (judged.error_class, judged.error) == (None, None)
-    failed = assess(SendOutcome(500, 5.0, {}, b"", error_class="timeout", error="no response"), 0.0)
-    assert failed.result.outcome is Outcome.RETRY and failed.error == "HTTP 500"
+    # A failed status keeps the sender's own words after it (an MQTT broker's refusal reason).
+    failed = assess(SendOutcome(403, 5.0, {}, b"", error="not authorized (0x87)"), 0.0)
+    assert failed.result.outcome is Outcome.RETRY and failed.error == "HTTP 403: not authorized (0x87)"
 
 
 async def test_a_200_whose_body_trickles_past_the_timeout_is_delivered_without_an_error(

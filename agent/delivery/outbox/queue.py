@@ -53,13 +53,19 @@ class DispatchQueue:
         self._occ = occupancy
         self.stats = stats
 
-    async def candidates(self, endpoint: str, now: float, limit: int, fifo: bool) -> Candidates:
-        """Rows of one endpoint that may be sent now, and when the next one becomes due."""
+    async def candidates(
+        self, endpoint: str, now: float, limit: int, fifo: bool, *, window: bool = False
+    ) -> Candidates:
+        """Rows of one endpoint that may be sent now, and when the next one becomes due.
+
+        FIFO: the oldest pending row, or with ``window`` up to ``limit`` oldest ones in order, cut at
+        the first that is not due yet (a later row never overtakes an earlier one).
+        """
         if fifo:
             rows = await self._r.execute_fetchall(
                 f"SELECT {ROW_COLS} FROM deliveries INDEXED BY deliveries_fifo "
-                "WHERE state = 'pending' AND endpoint = ? ORDER BY id LIMIT 1",
-                (endpoint,),
+                "WHERE state = 'pending' AND endpoint = ? ORDER BY id LIMIT ?",
+                (endpoint, limit if window else 1),
             )
         else:
             rows = await self._r.execute_fetchall(
@@ -76,9 +82,9 @@ class DispatchQueue:
             except (ValueError, TypeError) as exc:
                 corrupt.append((int(r[0]), str(exc)))
                 continue
-            if d.due_at <= now:
+            if d.due_at <= now and (next_due is None or not fifo):
                 good.append(d)
-            else:
+            elif next_due is None:
                 next_due = d.due_at
         if not fifo and len(list(rows)) < limit:
             nxt = await self._r.execute_fetchall(

@@ -38,6 +38,9 @@ class Destination(Protocol):
     @property
     def concurrency(self) -> int: ...
 
+    # Optional ``fifo_window: int`` (default 1): rows a FIFO destination may have in flight at once,
+    # for a kind whose one connection keeps order (MQTT); read with getattr by the dispatcher.
+
 
 class Sender(Protocol):
     """One per destination kind, shared by all endpoints of that kind."""

@@ -89,6 +89,10 @@ class WebhookSender:
 def _failed(
     started: float, status: int | None, headers: dict[str, str], error_class: str, error: str
 ) -> SendOutcome:
+    if status is not None:
+        # The status line arrived: it is the receiver's answer, and what happened to the body after
+        # it (a trickle past the timeout, a reset) is not the attempt's error.
+        return SendOutcome(status, time.perf_counter() - started, headers)
     return SendOutcome(status, time.perf_counter() - started, headers, error_class=error_class, error=error)
 
 

@@ -1,0 +1,367 @@
+"""The agent's one connection to the MQTT broker: connect, birth, Last Will, reconnect with capped backoff.
+
+aiomqtt (over paho-mqtt) speaks the protocol; this module decides *when* to connect and what a dead
+connection means for a publish that waits for its PUBACK (it fails at once, so the outbox row is
+retried, instead of hanging until a timeout).
+
+Birth and Last Will: on every connect the agent publishes ``online`` (retained, QoS 1) on its status
+topic and registers ``offline`` (retained, QoS 1) as its will, so a consumer sees a dead IPC (kill -9,
+power cut, cable pulled: the broker publishes the will after 1.5 × keep-alive). A clean stop publishes
+``offline`` itself, because the broker discards the will on a normal DISCONNECT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from agent import __version__
+from agent.events import iso_utc
+from agent.mqtt.settings import MqttConfig
+
+if TYPE_CHECKING:
+    import aiomqtt
+
+log = structlog.get_logger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+# The MQTT 5 user property that carries the outbox message id (also in every payload as ``id`` or
+# ``message_id``): a consumer de-duplicates QoS 1 redelivery on it.
+MESSAGE_ID_PROPERTY = "message-id"
+
+
+def pack_user_properties(pairs: Sequence[tuple[str, str]]) -> bytes:
+    """MQTT 5 properties holding only User Properties (§2.2.2: length as a Variable Byte Integer, then
+    per property the identifier 0x26 and a UTF-8 string pair, §1.5.7)."""
+    body = bytearray()
+    for key, value in pairs:
+        for text in (key, value):
+            raw = text.encode("utf-8")
+            if len(raw) > 65535:
+                raise ValueError("user property longer than 65535 bytes")
+        k, v = key.encode("utf-8"), value.encode("utf-8")
+        body += b"\x26" + len(k).to_bytes(2, "big") + k + len(v).to_bytes(2, "big") + v
+    n = len(body)
+    length = bytearray()
+    while True:
+        digit, n = n % 128, n // 128
+        length.append(digit | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes(length + body)
+
+
+def message_id_property(message_id: str) -> Any:
+    """PUBLISH properties carrying ``message-id``, packed once.
+
+    paho's generic ``Properties`` costs ~150 µs per message (its name tables are rebuilt per instance
+    and ``pack`` reflects over every property name): more than half the time of a QoS 1 publish. paho
+    only checks the type and calls ``pack()``, so a subclass hands it the bytes directly.
+    """
+    return _packed_properties_class()(
+        pack_user_properties([(MESSAGE_ID_PROPERTY, message_id)]), f"[UserProperty: message-id={message_id}]"
+    )
+
+
+@functools.cache
+def _packed_properties_class() -> Any:
+    # Built on first use: paho is imported only by agents that have an mqtt: section.
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    class PackedProperties(Properties):
+        _packed: bytes
+        _shown: str
+
+        def __init__(self, packed: bytes, shown: str) -> None:
+            # Neither super().__init__ (that is the cost) nor its validating __setattr__.
+            object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
+            object.__setattr__(self, "_packed", packed)
+            object.__setattr__(self, "_shown", shown)
+
+        def pack(self) -> bytes:
+            return self._packed
+
+        def isEmpty(self) -> bool:
+            return False
+
+        def __str__(self) -> str:
+            return self._shown
+
+        __repr__ = __str__
+
+    return PackedProperties
+
+
+class PublishRefused(Exception):
+    """The broker answered, with an error reason code: retrying soon will not help."""
+
+
+class LinkDown(Exception):
+    """Not connected, or the connection died before the broker acknowledged the message."""
+
+
+def backoff(previous: float, config: MqttConfig, rand: float) -> float:
+    """The next reconnect delay: doubled, capped, with ±20 % jitter so a fleet does not reconnect in step."""
+    base = config.reconnect_min if previous <= 0 else min(previous * 2, config.reconnect_max)
+    return base * (0.8 + 0.4 * rand)
+
+
+def status_payload(state: str, config: MqttConfig, now: float | None) -> bytes:
+    """``now`` None for the will: it is registered at connect time, so it cannot know when it fires."""
+    return json.dumps(
+        {
+            "state": state,
+            "agent": config.agent,
+            "client_id": config.client_id,
+            "since": None if now is None else iso_utc(now),
+            "version": __version__,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(config.tls.ca_file) if config.tls.ca_file else None)
+    if config.tls.cert_file is not None and config.tls.key_file is not None:
+        ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+    if not config.tls.verify_hostname:
+        # The certificate chain is still verified; only the name check is off (brokers reached by IP).
+        ctx.check_hostname = False
+    return ctx
+
+
+class MqttLink:
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        on_state: Callable[[bool], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self._on_state = on_state
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._client: aiomqtt.Client | None = None
+        # Tasks waiting for a PUBACK, and those of them cancelled because the connection died.
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._cut: set[asyncio.Task[Any]] = set()
+        self._acks: dict[int, asyncio.Future[Any]] = {}  # packet id → the PUBACK's reason code
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._ssl = tls_context(config)
+        self.last_error: str | None = None
+        self.next_attempt_at: float | None = None
+        self.connects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqtt-link")
+
+    async def wait_connected(self, within: float | None = None) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._up.wait(), within)
+        return self._up.is_set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        client = self._client
+        if client is not None:
+            # A normal DISCONNECT discards the will: say offline ourselves.
+            with contextlib.suppress(Exception):
+                await client.publish(
+                    self.config.status,
+                    status_payload("offline", self.config, self._clock()),
+                    qos=1,
+                    retain=True,
+                    timeout=min(2.0, self.config.publish_timeout),
+                )
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, message_id: str | None = None
+    ) -> None:
+        """Returns when the broker has the message (PUBACK for QoS 1, written to the socket for QoS 0).
+
+        ``PublishRefused`` when an MQTT 5 broker answers with an error reason code (e.g. 0x87 Not
+        authorized: its ACL forbids the topic); an MQTT 3.1.1 broker drops such a message silently.
+        """
+        client = self._client
+        if client is None:
+            raise LinkDown(self.last_error or "not connected to the broker")
+        import paho.mqtt.client as paho
+
+        props = None
+        if message_id is not None and self.config.protocol == "5":
+            props = message_id_property(message_id)
+        # paho directly rather than aiomqtt's publish: aiomqtt drops the PUBACK's reason code (so an
+        # ACL refusal would count as delivered) and scans all pending calls on every publish.
+        info = client._client.publish(topic, payload, qos, retain, props)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise LinkDown(f"cannot publish: {paho.error_string(info.rc)}")
+        if qos == 0 or info.is_published():
+            return
+        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._acks[info.mid] = acked
+        task = asyncio.current_task()
+        assert task is not None
+        # Awaited in the caller's own task (no extra task per message: this is the hot path); if the
+        # connection dies meanwhile, ``_down`` cancels the task and the cancellation becomes LinkDown.
+        self._waiting.add(task)
+        try:
+            async with asyncio.timeout(self.config.publish_timeout):
+                reason = await acked
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            self._cut.discard(task)
+            if task.uncancel() > 0:  # cancelled by someone else too: that one wins
+                raise
+            raise LinkDown("connection lost before the broker acknowledged the message") from None
+        except TimeoutError:
+            raise LinkDown(f"no PUBACK within {self.config.publish_timeout:g} s") from None
+        finally:
+            self._waiting.discard(task)
+            self._acks.pop(info.mid, None)
+        if getattr(reason, "is_failure", False):
+            raise PublishRefused(f"the broker refused the message: {reason} (0x{int(reason.value):02X})")
+
+    def _on_publish(self, original: Any) -> Any:
+        def on_publish(client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+            acked = self._acks.pop(mid, None)
+            if acked is not None and not acked.done():
+                acked.set_result(reason)
+            original(client, userdata, mid, reason, properties)  # aiomqtt's own (birth, offline)
+
+        return on_publish
+
+    # ---- the connection loop
+
+    def _client_for(self) -> aiomqtt.Client:
+        import aiomqtt
+
+        cfg = self.config
+        will = aiomqtt.Will(cfg.status, status_payload("offline", cfg, None), qos=1, retain=True)
+        protocol = aiomqtt.ProtocolVersion.V5 if cfg.protocol == "5" else aiomqtt.ProtocolVersion.V311
+        kwargs: dict[str, Any] = {}
+        if cfg.protocol == "5":
+            import paho.mqtt.client as paho
+
+            # MQTT 5 has clean_start instead of clean_session; a persistent session also needs an expiry.
+            kwargs["clean_start"] = paho.MQTT_CLEAN_START_FIRST_ONLY if cfg.clean_session else False
+            if not cfg.clean_session:
+                from paho.mqtt.packettypes import PacketTypes
+                from paho.mqtt.properties import Properties
+
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 7 * 86400
+                kwargs["properties"] = props
+        else:
+            kwargs["clean_session"] = cfg.clean_session
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.reveal() if cfg.password is not None else None,
+            identifier=cfg.client_id,
+            protocol=protocol,
+            will=will,
+            # aiomqtt's default timeout bounds the wait for CONNACK (a TLS 1.3 refusal arrives only
+            # after the handshake); publishes pass their own.
+            timeout=cfg.connect_timeout,
+            keepalive=max(1, round(cfg.keepalive)),
+            max_inflight_messages=cfg.in_flight,
+            tls_context=self._ssl,
+            **kwargs,
+        )
+        # aiomqtt warns above 10 pending publishes; a full in-flight window is normal here.
+        client.pending_calls_threshold = cfg.in_flight + 16
+        client._client.connect_timeout = cfg.connect_timeout
+        client._client.on_publish = self._on_publish(client._client.on_publish)
+        return client
+
+    async def _run(self) -> None:
+        from aiomqtt import MqttError
+
+        delay = 0.0
+        while not self._stopping:
+            client = self._client_for()
+            try:
+                async with client:
+                    await client.publish(
+                        self.config.status,
+                        status_payload("online", self.config, self._clock()),
+                        qos=1,
+                        retain=True,
+                    )
+                    self._up_with(client)
+                    delay = 0.0
+                    # No subscriptions: the iterator only ends, with MqttError, when the connection dies.
+                    async for _ in client.messages:
+                        pass
+            except MqttError as exc:
+                self._down(str(exc) or type(exc).__name__)
+            except OSError as exc:
+                self._down(f"{type(exc).__name__}: {exc}")
+            except asyncio.CancelledError:
+                self._down("stopped")
+                raise
+            except Exception as exc:
+                # A bug (ours or the client's) must not end publishing for good: report, back off, retry.
+                log.error("mqtt.link_failed", error=repr(exc), exc_info=True)
+                self._down(f"internal error: {type(exc).__name__}")
+            if self._stopping:
+                break
+            delay = backoff(delay, self.config, self._rand())
+            self.next_attempt_at = self._clock() + delay
+            await self._sleep(delay)
+
+    def _up_with(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._up.set()
+        self.connects += 1
+        self.last_error = None
+        self.next_attempt_at = None
+        log.info(
+            "mqtt.connected", host=self.config.host, port=self.config.port, client_id=self.config.client_id
+        )
+        if self._on_state is not None:
+            self._on_state(True)
+
+    def _down(self, error: str) -> None:
+        was_up = self._client is not None
+        self._client = None
+        self._up.clear()
+        for task in self._waiting - self._cut:
+            self._cut.add(task)
+            task.cancel()
+        self.last_error = f"broker {self.config.host}:{self.config.port}: {error}"
+        if was_up:
+            log.warning("mqtt.disconnected", error=self.last_error)
+            if self._on_state is not None:
+                self._on_state(False)
+        elif error != "stopped":
+            log.warning("mqtt.connect_failed", error=self.last_error)
