@@ -24,7 +24,7 @@ from agent.events import (
     iso_utc,
     new_event_id,
 )
-from drivers.base import AlarmNotice, Quality, Reading
+from drivers.base import AlarmNotice, AlarmRefresh, Quality, Reading
 
 from .alarms import ActiveAlarm, AlarmChange, AlarmTracker
 from .conditions import AlarmFact, RuleContext, normalize_code
@@ -92,11 +92,14 @@ class MachineDeriver:
         self._bad_since: float | None = None
         self._bad_reason = ""
         self._dirty = True  # status rules must be evaluated at the next step
+        # No state is decided before the first good reading: rules over no values would report the
+        # ``otherwise`` state (a false IDLE) for a device that accepts TCP and never answers.
+        self._seen_good = False
         self._retry_for_alarm = False  # a new alarm may let a category rule match an open downtime
 
     # -- inputs
 
-    def ingest(self, samples: Sequence[Reading | AlarmNotice], now: float) -> list[Event]:
+    def ingest(self, samples: Sequence[Reading | AlarmNotice | AlarmRefresh], now: float) -> list[Event]:
         now = self._clock(now)
         events: list[Fact] = []
         if now >= self._alarms.next_due:
@@ -127,9 +130,12 @@ class MachineDeriver:
                     # status. Only a machine that reads badly as a whole becomes DISCONNECTED.
                     any_bad = True
                     self._bad_reason = s.reason or str(s.quality)
-            else:
+            elif isinstance(s, AlarmNotice):
                 self._alarm_events(self._alarms.notice(s, now), events)
+            else:
+                self._alarm_events(self._alarms.refresh(s, now), events)
         if any_good:
+            self._seen_good = True
             self._bad_since = None
             if self._alarms.has_unknown:
                 self._alarm_events(self._alarms.from_tags(values, now), events)
@@ -185,7 +191,7 @@ class MachineDeriver:
                 )
             else:
                 change = st.confirm(now)  # during the grace period the rules' view is frozen
-        elif self._dirty or self._timed:
+        elif (self._dirty or self._timed) and self._seen_good:
             ctx = self._ctx
             ctx.now = now
             self._dirty = False
@@ -199,6 +205,7 @@ class MachineDeriver:
             if change.to_state == DISCONNECTED:
                 self._alarms.mark_unknown()
                 self._ctx.values.clear()  # stale values must not decide the status after reconnect
+                self._seen_good = False
                 self._dirty = True
             events.extend(self._downtime.on_status(change, self._ctx.alarms))
             retry_rules = True
@@ -310,6 +317,7 @@ class MachineDeriver:
         self._ctx.values.clear()
         self._ctx.changed_at.clear()
         self._ctx.alarms = alarms.facts()
+        self._seen_good = False
         self._dirty = True
 
 

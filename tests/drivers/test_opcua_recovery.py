@@ -32,7 +32,7 @@ opcua:
   publishing_interval: 20ms
   timeout: 1s
   prefix: "press-03."
-  alarms: {{source: "{NSU}{{prefix}}Alarms"}}
+  alarms: {{source: "{NSU}{{prefix}}Alarms", event_type: "nsu=http://opcfoundation.org/UA/CNC;i=1006", code: AlarmIdentifier}}
 tags:
   parts: {{node: "{NSU}{{prefix}}Production.PartCount"}}
   rpm: {{node: "{NSU}{{prefix}}Spindle1.ActSpeed"}}
@@ -102,9 +102,13 @@ async def test_alarm_events_resume_for_a_poll_mode_driver(rebooting_sim: OpcuaSi
         assert driver.state is ConnectionState.DISCONNECTED
         await sim.start()
         await driver.connect()
-        await sim.clear_alarm("press-03", 3300)
+        # The rebooted controller still has the alarm: ConditionRefresh announces it again.
         await sink.wait_for(lambda s: len(s.alarms) >= 1)
-        assert (sink.alarms[0].code, sink.alarms[0].active) == ("3300", False)
+        assert (sink.alarms[0].code, sink.alarms[0].active) == ("3300", True)
+        await sim.clear_alarm("press-03", 3300)
+        await sink.wait_for(lambda s: len(s.alarms) >= 2)
+        assert (sink.alarms[1].code, sink.alarms[1].active) == ("3300", False)
+        assert sink.alarms[1].key == sink.alarms[0].key
         assert all(r.quality is Quality.GOOD for r in await driver.read())
     finally:
         await driver.close()
