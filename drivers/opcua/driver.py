@@ -603,6 +603,12 @@ class OpcuaDriver:
                 return None
             flag = values.get(alarms.active_field or "")
             return AlarmNotice(self.machine_id, str(raw_code), text or "", sev, bool(flag), ts)
+        branch = values.get("BranchId")
+        if isinstance(branch, ua.NodeId) and not branch.is_null():
+            # A branch is an earlier state kept for acknowledgement (OPC 10000-9 5.5.2), not a new
+            # occurrence: node-opcua sends one with every raise. Only the current state (BranchId
+            # null) says whether the alarm is active.
+            return None
         key = _condition_key(values, self._namespaces)
         cname = values.get("ConditionName")
         chosen: Any = values.get(alarms.code) if alarms.code != "ConditionId" else key
@@ -632,7 +638,7 @@ def _stable(nid: ua.NodeId, namespaces: Sequence[str]) -> str:
 
 
 def _condition_key(values: dict[str, Any], namespaces: Sequence[str]) -> str | None:
-    """A condition's identity: its ConditionId, plus the BranchId of a non-current branch."""
+    """A condition's identity: its ConditionId (events of branches never get here)."""
     cid = values.get("ConditionId")
     if isinstance(cid, ua.NodeId) and not cid.is_null():
         key = _stable(cid, namespaces)
@@ -643,9 +649,6 @@ def _condition_key(values: dict[str, Any], namespaces: Sequence[str]) -> str | N
         if name is None:
             return None
         key = f"{_stable(source, namespaces) if isinstance(source, ua.NodeId) else ''}/{name}"
-    branch = values.get("BranchId")
-    if isinstance(branch, ua.NodeId) and not branch.is_null():
-        key = f"{key}#{_stable(branch, namespaces)}"
     return key
 
 
