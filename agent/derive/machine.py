@@ -32,7 +32,7 @@ from .downtime import Downtime, DowntimeTracker, Fact, normalize_thresholds
 from .errors import SnapshotError, UnknownCategory
 from .parts import PartCounter
 from .snapshot import Fields
-from .spec import DISCONNECTED, Categories, DerivationSpec
+from .spec import BAD, DISCONNECTED, UNREADABLE, Categories, DerivationSpec
 from .status import StatusChange, StatusTracker, evaluate
 
 SNAPSHOT_VERSION = 1
@@ -91,6 +91,8 @@ class MachineDeriver:
         self._last_now = -math.inf
         self._bad_since: float | None = None
         self._bad_reason = ""
+        # Every failed read of this outage was answered with an error (BAD), none went unanswered.
+        self._bad_answered = True
         self._dirty = True  # status rules must be evaluated at the next step
         # No state is decided before the first good reading: rules over no values would report the
         # ``otherwise`` state (a false IDLE) for a device that accepts TCP and never answers.
@@ -130,6 +132,8 @@ class MachineDeriver:
                     # status. Only a machine that reads badly as a whole becomes DISCONNECTED.
                     any_bad = True
                     self._bad_reason = s.reason or str(s.quality)
+                    if s.quality is not Quality.BAD:
+                        self._bad_answered = False
             elif isinstance(s, AlarmNotice):
                 self._alarm_events(self._alarms.notice(s, now), events)
             else:
@@ -137,6 +141,7 @@ class MachineDeriver:
         if any_good:
             self._seen_good = True
             self._bad_since = None
+            self._bad_answered = True
             if self._alarms.has_unknown:
                 self._alarm_events(self._alarms.from_tags(values, now), events)
                 self._alarms.settle()
@@ -186,9 +191,14 @@ class MachineDeriver:
         change: StatusChange | None
         if self._bad_since is not None:
             if now - self._bad_since >= self._disconnect_after:
-                change = st.force(
-                    DISCONNECTED, self._bad_since, f"cannot read the machine: {self._bad_reason}"
-                )
+                if self._bad_answered:
+                    change = st.force(
+                        BAD, self._bad_since, f"the machine answers with errors: {self._bad_reason}"
+                    )
+                else:
+                    change = st.force(
+                        DISCONNECTED, self._bad_since, f"cannot read the machine: {self._bad_reason}"
+                    )
             else:
                 change = st.confirm(now)  # during the grace period the rules' view is frozen
         elif (self._dirty or self._timed) and self._seen_good:
@@ -202,7 +212,7 @@ class MachineDeriver:
         retry_rules = False
         if change is not None:
             events.append((MACHINE_STATUS_CHANGED, {"status": _status_section(change)}))
-            if change.to_state == DISCONNECTED:
+            if change.to_state in UNREADABLE:
                 self._alarms.mark_unknown()
                 self._ctx.values.clear()  # stale values must not decide the status after reconnect
                 self._seen_good = False
@@ -280,6 +290,7 @@ class MachineDeriver:
             "last_now": None if self._last_now == -math.inf else self._last_now,
             "bad_since": self._bad_since,
             "bad_reason": self._bad_reason,
+            "bad_answered": self._bad_answered,
             "status": self._status.to_dict(),
             "alarms": self._alarms.to_dict(),
             "downtime": self._downtime.to_dict(),
@@ -314,6 +325,8 @@ class MachineDeriver:
         self._status, self._alarms, self._downtime, self._parts = status, alarms, downtime, parts
         self._last_now = -math.inf if last_now is None else last_now
         self._bad_since, self._bad_reason = bad_since, bad_reason
+        answered = data.get("bad_answered", True)  # absent in snapshots from before BAD existed
+        self._bad_answered = answered if isinstance(answered, bool) else True
         self._ctx.values.clear()
         self._ctx.changed_at.clear()
         self._ctx.alarms = alarms.facts()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import math
 import time
 import uuid
@@ -43,6 +44,17 @@ from drivers.base import (
 from drivers.opcua.config import AlarmConfig, NodeRef, OpcuaMachineConfig, OpcuaTag
 
 log = structlog.get_logger(__name__)
+
+
+class _PublishLoopCrash(logging.Filter):
+    """asyncua logs "Publish iteration crashed" with a traceback at error level whenever a server
+    goes away; the driver reports that loss itself (``opcua_disconnected``, once, with the reason)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Publish iteration crashed")
+
+
+logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_PublishLoopCrash())
 
 
 def _ns0(ident: int) -> ua.NodeId:
