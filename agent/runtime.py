@@ -274,8 +274,14 @@ class Runtime:
             self._disk_error = f"{type(exc).__name__}: {exc}"
 
     def _update_metrics(self) -> None:
-        statuses = Counter(str(d.status) for d in self.pipeline.derivers.values())
+        # A machine without a status yet is in no series (not status="None").
+        statuses = Counter(d.status for d in self.pipeline.derivers.values() if d.status is not None)
         self.metrics.set_machine_statuses(statuses)
+        for mid, d in self.pipeline.derivers.items():
+            unreadable = d.status in ("DISCONNECTED", "BAD")
+            self.metrics.set_unreadable(
+                mid, d.status if unreadable else None, d.status_reason, d.status_since if unreadable else None
+            )
         for mid, run in self.machines.items():
             st = run.collector.stats
             if st.polls > run.polls_seen:

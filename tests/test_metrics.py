@@ -99,3 +99,26 @@ def test_urls_lose_credentials_path_and_query_in_labels() -> None:
     assert "whsec_c2VjcmV0" not in text
     assert safe_label("x" * 500) == "x" * 120
     assert safe_label("alarm-to-mes#0") == "alarm-to-mes#0"
+
+
+def test_an_unreadable_machine_has_one_series_with_its_reason_and_none_once_readable() -> None:
+    m = Metrics()
+    m.set_machine_statuses({})  # machines without a status yet: no status="None" series
+    m.set_unreadable("mill-01", "DISCONNECTED", "cannot read the machine: connection refused", 1000.0)
+    m.set_unreadable(
+        "mill-01", "BAD", "the machine answers with errors: exception 4 (device failure)", 2000.0
+    )
+    series = {k: v for k, v in samples(m).items() if k[0] == "edge_agent_machine_unreadable_since_seconds"}
+    assert series == {
+        (
+            "edge_agent_machine_unreadable_since_seconds",
+            (
+                ("machine", "mill-01"),
+                ("reason", "the machine answers with errors: exception 4 (device failure)"),
+                ("status", "BAD"),
+            ),
+        ): 2000.0
+    }
+    assert not any(dict(labels).get("status") == "None" for _, labels in samples(m))
+    m.set_unreadable("mill-01", None, "status.otherwise", None)
+    assert not any(k[0] == "edge_agent_machine_unreadable_since_seconds" for k in samples(m))

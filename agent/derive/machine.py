@@ -256,6 +256,15 @@ class MachineDeriver:
         return self._status.since
 
     @property
+    def status_reason(self) -> str | None:
+        """Why the machine has its status: the rule that decided it, or, while DISCONNECTED or BAD,
+        why the last reads failed (``no answer to 3 requests ...``, ``exception 4 (device failure) ...``)."""
+        st = self._status
+        if st.state in UNREADABLE and self._bad_since is not None and self._bad_reason:
+            return f"{'the machine answers with errors' if st.state == BAD else 'cannot read the machine'}: {self._bad_reason}"
+        return st.reason
+
+    @property
     def open_downtime(self) -> Downtime | None:
         dt = self._downtime.open
         return None if dt is None else copy.deepcopy(dt)

@@ -60,7 +60,15 @@ class LinkError(Exception):
 
 
 class LinkDown(LinkError):
-    """Not connected, or the connection was lost: nothing can be read now."""
+    """Not connected, or the connection was lost: nothing can be read now.
+
+    ``reason`` is the outage's cause without the retry countdown, so what readings, status and
+    metrics show stays the same through one outage.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class NoAnswer(LinkError):
@@ -123,7 +131,9 @@ class Link:
                 return
             now = self._clock()
             if now < self._next_attempt:
-                raise LinkDown(f"{self.reason}; next attempt in {self._next_attempt - now:.1f} s")
+                raise LinkDown(
+                    f"{self.reason}; next attempt in {self._next_attempt - now:.1f} s", self.reason
+                )
             self._state = ConnectionState.CONNECTING
             client = self._client or AsyncModbusTcpClient(
                 self.host,
