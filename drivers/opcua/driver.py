@@ -142,6 +142,7 @@ class OpcuaDriver:
     def __init__(self, config: OpcuaMachineConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.machine_id = config.machine_id
         self.config = config
+        self.tag_names = config.tag_names  # lets the collector report an outage per tag, as for Modbus
         self._clock = clock
         self._state = ConnectionState.DISCONNECTED
         self._reason = "not connected yet"

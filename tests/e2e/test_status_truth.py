@@ -18,13 +18,15 @@ import pytest
 from agent.collector import Collector
 from agent.derive import Categories, MachineDeriver
 from agent.events import MACHINE_STATUS_CHANGED, Event, MachineRef
-from drivers.base import Sample
+from drivers.base import Driver, Sample
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.link import LinkPool
+from drivers.opcua.driver import OpcuaDriver
 from simulators.modbus_server import ModbusSimulator, start_modbus_server, start_silent_server
 from simulators.model import MachineState
 from tests.derive.builders import spec_from
 from tests.drivers.conftest import modbus_config, wait_until
+from tests.drivers.opcua_fixtures import machine_config as opcua_config
 
 DERIVE = """timezone: UTC
 status:
@@ -42,12 +44,22 @@ async def sim() -> AsyncIterator[ModbusSimulator]:
     await server.stop()
 
 
-async def statuses(port: int, unit: int, address: int = 0) -> list[Event]:
+async def statuses(port: int, unit: int, address: int = 0, *, opcua: bool = False) -> list[Event]:
     """Collect from the device until the machine has a status; the status events so far."""
-    config = modbus_config(
-        f"modbus: {{host: 127.0.0.1, port: {port}, unit: {unit}, timeout: 300ms}}\n"
-        f"tags: {{execution: {{table: holding, address: {address}}}}}",
-    )
+    driver: Driver
+    if opcua:
+        driver = OpcuaDriver(
+            opcua_config(
+                f'opcua: {{url: "opc.tcp://127.0.0.1:{port}", timeout: 300ms}}\n'
+                'tags: {execution: {node: "ns=2;s=m.Channel1.ActStatus"}}\n'
+            )
+        )
+    else:
+        config = modbus_config(
+            f"modbus: {{host: 127.0.0.1, port: {port}, unit: {unit}, timeout: 300ms}}\n"
+            f"tags: {{execution: {{table: holding, address: {address}}}}}",
+        )
+        driver = ModbusDriver(config, links=LinkPool())
     counter = itertools.count()
     deriver = MachineDeriver(
         spec_from(DERIVE, tags={"execution"}),
@@ -65,7 +77,7 @@ async def statuses(port: int, unit: int, address: int = 0) -> list[Event]:
             events.extend(deriver.tick(time.time()))
             await asyncio.sleep(0.05)
 
-    collector = Collector(ModbusDriver(config, links=LinkPool()), poll_interval=0.2, sink=sink)
+    collector = Collector(driver, poll_interval=0.2, sink=sink)
     tasks = [asyncio.create_task(collector.run()), asyncio.create_task(timers())]
     try:
         await wait_until(lambda: deriver.status is not None, limit=20)
@@ -93,10 +105,11 @@ async def test_a_hung_device_is_disconnected_first_not_idle(sim: ModbusSimulator
     assert "no answer" in status["reason"]
 
 
-async def test_a_server_that_accepts_and_never_answers_is_disconnected_first() -> None:
+@pytest.mark.parametrize("protocol", ["modbus", "opcua"])
+async def test_a_server_that_accepts_and_never_answers_is_disconnected_first(protocol: str) -> None:
     silent = await start_silent_server()
     try:
-        (first,) = await statuses(silent.port, 1)
+        (first,) = await statuses(silent.port, 1, opcua=protocol == "opcua")
     finally:
         await silent.stop()
     assert (first.data["status"]["from"], first.data["status"]["to"]) == (None, "DISCONNECTED")
