@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -66,6 +67,21 @@ async def test_poll_reads_decode_with_map_and_scale(opcua_sim: OpcuaSimulator, p
         "part_count": 42,
     }
     assert all(r.quality is Quality.GOOD and r.machine_id == "lathe-01" for r in readings)
+
+
+async def test_readings_carry_the_servers_source_timestamp(opcua_sim: OpcuaSimulator) -> None:
+    # The agent's clock is stopped at 0 here: any other time can only be the server's SourceTimestamp.
+    driver = OpcuaDriver(machine_config(poll_yaml(opcua_sim.url)), clock=lambda: 0.0)
+    opcua_sim.machines["lathe-01"].part_count += 1
+    before = time.time()
+    await opcua_sim.publish("lathe-01")
+    after = time.time()
+    await driver.connect()
+    try:
+        readings = {r.tag: r for r in await driver.read()}
+    finally:
+        await driver.close()
+    assert before - 1 <= readings["part_count"].timestamp <= after + 1
 
 
 async def test_nsu_and_ns_index_address_the_same_node(opcua_sim: OpcuaSimulator) -> None:
