@@ -152,6 +152,7 @@ class OpcuaSimulator:
         certificate: Path | None = None,
         private_key: Path | None = None,
         limit_alarms: Collection[str] = (),
+        condition_refresh: bool = True,
     ) -> None:
         names = [m.name for m in machines]
         if len(set(names)) != len(names):
@@ -165,6 +166,8 @@ class OpcuaSimulator:
         self.namespace_index = 0
         self.cnc_namespace_index = 0
         self.limit_alarms = frozenset(limit_alarms)
+        # False plays a server without ConditionRefresh (the method exists, calling it does nothing).
+        self.condition_refresh = condition_refresh
         unknown = self.limit_alarms - set(names)
         if unknown:
             raise ValueError(f"limit_alarms names machines not on this simulator: {sorted(unknown)}")
@@ -267,8 +270,9 @@ class OpcuaSimulator:
         for type_id in (ua.ObjectIds.RefreshStartEventType, ua.ObjectIds.RefreshEndEventType):
             node = Node(isession, ua.NodeId(type_id))
             self._templates[node.nodeid] = await events.get_event_obj_from_type_node(node)
-        refresh = uamethod(self._condition_refresh)
-        isession.add_method_callback(ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh), refresh)
+        if self.condition_refresh:
+            refresh = uamethod(self._condition_refresh)
+            isession.add_method_callback(ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh), refresh)
 
     async def _condition_refresh(self, parent: Any, subscription_id: int) -> ua.StatusCode | None:
         """OPC 10000-9 5.5.7: RefreshStartEvent, every retained condition, RefreshEndEvent, to every
@@ -444,12 +448,14 @@ async def start_opcua_server(
     certificate: Path | None = None,
     private_key: Path | None = None,
     limit_alarms: Collection[str] = (),
+    condition_refresh: bool = True,
 ) -> OpcuaSimulator:
     """Start one server for ``machines``; ``port=0`` picks a free port (see ``.port`` / ``.url``).
 
     ``certificate`` (DER or PEM) and ``private_key`` (PEM) enable the Basic256Sha256 endpoints too.
     ``limit_alarms``: machines whose alarms are one ExclusiveLimitAlarmType on their temperature.
+    ``condition_refresh=False`` plays a server that does not implement ConditionRefresh.
     """
-    sim = OpcuaSimulator(machines, host, port, certificate, private_key, limit_alarms)
+    sim = OpcuaSimulator(machines, host, port, certificate, private_key, limit_alarms, condition_refresh)
     await sim.start()
     return sim

@@ -83,15 +83,6 @@ _CONDITION_FIELDS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     ("ActiveState/Id", ObjectIds.AlarmConditionType, ("ActiveState", "Id")),
     ("AckedState/Id", ObjectIds.AcknowledgeableConditionType, ("AckedState", "Id")),
 )
-# Servers without ConditionRefresh answer one of these; the agent then lives without it.
-_NO_REFRESH = {
-    StatusCodes.BadMethodInvalid,
-    StatusCodes.BadNotImplemented,
-    StatusCodes.BadNotSupported,
-    StatusCodes.BadServiceUnsupported,
-    StatusCodes.BadNodeIdUnknown,
-    StatusCodes.BadUserAccessDenied,
-}
 _SESSION_GONE = {
     StatusCodes.BadSessionIdInvalid,
     StatusCodes.BadSessionClosed,
@@ -534,17 +525,17 @@ class OpcuaDriver:
         (result,) = await client.uaclient.call([request])
         if result.StatusCode.is_good():
             return
-        if result.StatusCode.value in _NO_REFRESH:
-            if self._refresh_supported:  # once per driver, not per reconnect
-                log.warning(
-                    "opcua_condition_refresh_unsupported",
-                    machine=self.machine_id,
-                    status=status_name(result.StatusCode),
-                    effect="alarms that ended while disconnected stay active until the server clears them",
-                )
-            self._refresh_supported = False
-            return
-        raise DriverError(f"ConditionRefresh failed: {status_name(result.StatusCode)}")
+        # Servers without it answer BadMethodInvalid, BadNotImplemented, BadNothingToDo...: the alarm
+        # events themselves still work, so say it once and carry on.
+        if self._refresh_supported:  # once per driver, not per reconnect
+            log.warning(
+                "opcua_condition_refresh_unsupported",
+                machine=self.machine_id,
+                status=status_name(result.StatusCode),
+                effect="alarms active at connect are not announced; ones that ended while disconnected "
+                "stay active until the server clears them",
+            )
+        self._refresh_supported = False
 
     async def _watch(self, generation: int) -> None:
         """A subscription that stops publishing (not even keep-alives) counts as a lost connection."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from agent.derive import Categories, MachineDeriver
 from agent.events import ALARM_CLEARED, ALARM_TRIGGERED, Event, MachineRef
@@ -29,7 +30,7 @@ from simulators.model import Alarm, MachineState
 from simulators.opcua_server import start_opcua_server
 from tests.derive.builders import spec_from
 from tests.drivers.conftest import wait_until
-from tests.drivers.opcua_fixtures import ReferenceServer, machine_config, start_reference_server
+from tests.drivers.opcua_fixtures import Recorder, ReferenceServer, machine_config, start_reference_server
 
 NSU = "nsu=urn:edge-agent:simulator;s="
 CNC_ALARM_TYPE = "nsu=http://opcfoundation.org/UA/CNC;i=1006"
@@ -210,3 +211,29 @@ async def test_two_conditions_with_the_same_text_stay_two_alarms(server: AlarmSe
     await server.clear(2)
     await agent.wait(2, 2)
     assert agent.deriver.active_alarms == ()
+
+
+async def test_a_server_without_condition_refresh_still_delivers_alarms_and_says_so_once() -> None:
+    sim = await start_opcua_server([MachineState("cnc-1")], condition_refresh=False)
+    cfg = machine_config(
+        f"""id: m1
+opcua: {{url: "{sim.url}", publishing_interval: 20ms, alarms: {{event_type: "{CNC_ALARM_TYPE}", code: AlarmIdentifier}}}}
+tags: {{}}
+"""
+    )
+    driver = OpcuaDriver(cfg)
+    sink = Recorder()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(2):  # a reconnect does not repeat the warning
+                await driver.connect()
+                await driver.subscribe(sink)
+        assert driver.event_filter == "conditions"
+        await sim.raise_alarm("cnc-1", Alarm(1001, "Spindle overload", 700))
+        await sink.wait_for(lambda s: len(s.alarms) >= 1)
+        assert [(n.code, n.active) for n in sink.alarms] == [("1001", True)]
+    finally:
+        await driver.close()
+        await sim.stop()
+    warned = [e for e in logs if e["event"] == "opcua_condition_refresh_unsupported"]
+    assert len(warned) == 1 and warned[0]["status"].startswith("Bad")
