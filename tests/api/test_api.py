@@ -500,7 +500,7 @@ async def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
     assert [w["name"] for w in flows_seen] == ["QA"]
 
 
-async def test_a_machine_view_says_why_and_since_when_it_cannot_be_read(api: Api) -> None:
+async def test_a_machine_view_says_why_and_since_when_it_cannot_be_read(api: Api, tmp_path: Path) -> None:
     p, clock = api.rig.pipeline, api.rig.clock
     status, data, _ = await api.call("GET", "/api/v1/machines/lathe-02")
     assert (data["status"], data["status_reason"]) == (None, None)  # nothing read yet: nothing decided
@@ -516,3 +516,7 @@ async def test_a_machine_view_says_why_and_since_when_it_cannot_be_read(api: Api
     assert status == 200 and data["status"] == "DISCONNECTED"
     assert data["status_reason"] == f"cannot read the machine: {why}"
     assert data["status_since"] == datetime.fromtimestamp(lost_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, out = await run_cli(["status", "-c", str(write_agent_yaml(tmp_path, api))])
+    (line,) = [line for line in out.splitlines() if line.startswith("lathe-02")]
+    assert code == 0 and "DISCONNECTED" in line and line.rstrip().endswith(f"cannot read the machine: {why}")
+    assert out.splitlines()[0].split()[-1] == "WHY"
