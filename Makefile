@@ -33,6 +33,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/poll.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/reconnect.py
+	$(BIN)/python bench/alarms.py --minutes 4
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -26,7 +26,9 @@ from drivers.base import ConnectionState, Driver, DriverError, Quality, Reading,
 log = structlog.get_logger(__name__)
 
 BACKOFF_BASE = 0.5
-BACKOFF_CAP = 30.0
+# A restarted controller must be read again within 10 s of coming back: a wait of at most 4 s here,
+# plus at most 4 s in the Modbus link's own backoff, plus one poll.
+BACKOFF_CAP = 4.0
 LAG_WINDOW = 120  # recent cycle lags kept per machine for metrics
 
 
@@ -109,6 +111,9 @@ class Collector:
                 # Always offer the sink: a polled OPC-UA machine still gets its alarm events pushed.
                 pushed = await self._try_subscribe()
                 if self._subscribe and pushed:
+                    if not self._healthy:  # pushed values bypass _judge: the subscription is the recovery
+                        self._healthy = True
+                        log.info("machine_readings_recovered", machine=self.machine_id)
                     await self._watch()
                 else:
                     await self._poll()
@@ -133,12 +138,14 @@ class Collector:
             else:
                 _raise_if_cancelled()
                 self.stats.connects += 1
-                log.info("machine_connected", machine=self.machine_id, after_failures=failures)
+                # A connect is no recovery yet (a hung device accepts TCP): good readings are.
+                log.debug("machine_connected", machine=self.machine_id, after_failures=failures)
                 return
             _raise_if_cancelled()
             failures += 1
             self.stats.connect_failures += 1
-            if failures == 1:  # once per outage; the readings carry the current reason
+            if self._healthy:  # once per outage; the readings carry the current reason
+                self._healthy = False
                 log.warning("machine_connect_failed", machine=self.machine_id, reason=reason)
             retry_at = self._clock() + backoff_delay(failures, BACKOFF_BASE, BACKOFF_CAP, self._jitter())
             while True:
@@ -248,4 +255,8 @@ class Collector:
             await asyncio.sleep(self.poll_interval)
             if self.driver.state is ConnectionState.DISCONNECTED:
                 break
-        self._emit_outage("connection lost")
+        reason = str(getattr(self.driver, "reason", "") or "connection lost")
+        if self._healthy:
+            self._healthy = False
+            log.warning("machine_connection_lost", machine=self.machine_id, reason=reason)
+        self._emit_outage(reason)

@@ -48,6 +48,12 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r, ns = self.registry, namespace
         self.machines = Gauge(f"{ns}_machines", "Machines by derived status.", ["status"], registry=r)
+        self.unreadable = Gauge(
+            f"{ns}_machine_unreadable_since_seconds",
+            "Unix time since which a machine is DISCONNECTED or BAD, with the reason; absent while readable.",
+            ["machine", "status", "reason"],
+            registry=r,
+        )
         self.poll_duration = Histogram(
             f"{ns}_poll_duration_seconds",
             "Duration of one poll cycle of a machine.",
@@ -100,6 +106,7 @@ class Metrics:
             registry=r,
         )
         self._statuses: set[str] = set()
+        self._unreadable: dict[str, tuple[str, str]] = {}  # machine -> (status, reason) labels set
         # Label sets per machine, so a removed machine's series can be dropped with public API only.
         self._machine_series: dict[str, set[tuple[str, str]]] = {}
 
@@ -113,6 +120,20 @@ class Metrics:
         for status, n in current.items():
             self.machines.labels(status=status).set(n)
             self._statuses.add(status)
+
+    def set_unreadable(
+        self, machine: str, status: str | None, reason: str | None, since: float | None
+    ) -> None:
+        """One series per machine while it is DISCONNECTED or BAD (value: since when); none otherwise."""
+        m = safe_label(machine)
+        labels = None if status is None or since is None else (safe_label(status), safe_label(reason or ""))
+        old = self._unreadable.get(m)
+        if old is not None and old != labels:
+            self.unreadable.remove(m, *old)
+            del self._unreadable[m]
+        if labels is not None and since is not None:
+            self.unreadable.labels(machine=m, status=labels[0], reason=labels[1]).set(since)
+            self._unreadable[m] = labels
 
     def observe_poll(self, machine: str, seconds: float, *, error: str | None = None) -> None:
         m = safe_label(machine)
@@ -158,6 +179,7 @@ class Metrics:
     def forget_machine(self, machine: str) -> None:
         """Drop a removed machine's series (after a reload) so dashboards do not show it forever."""
         m = safe_label(machine)
+        self.set_unreadable(machine, None, None, None)
         for family, extra in self._machine_series.pop(m, set()):
             if family == "poll":
                 self.poll_duration.remove(m)

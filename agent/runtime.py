@@ -243,12 +243,18 @@ class Runtime:
             self._disk_error = f"{type(exc).__name__}: {exc}"
 
     def _update_metrics(self) -> None:
-        statuses = Counter(str(d.status) for d in self.pipeline.derivers.values())
+        # A machine without a status yet is in no series (not status="None").
+        statuses = Counter(d.status for d in self.pipeline.derivers.values() if d.status is not None)
         self.metrics.set_machine_statuses(statuses)
         self.metrics.set_held(
             self.pipeline.pending,
             {"memory_full": self.pipeline.rejected, "stopped": self.pipeline.discarded},
         )
+        for mid, d in self.pipeline.derivers.items():
+            unreadable = d.status in ("DISCONNECTED", "BAD")
+            self.metrics.set_unreadable(
+                mid, d.status if unreadable else None, d.status_reason, d.status_since if unreadable else None
+            )
         self.collection.observe_polls()
         c = self._outbox_counts
         if c is not None:

@@ -44,10 +44,25 @@ class AlarmNotice:
     message: str
     severity: int
     active: bool
+    timestamp: float  # the device's time of the change (OPC UA ``Time``), else when it was received
+    # Which alarm this is: an OPC UA condition's ConditionId (plus BranchId), so a raise and its clear
+    # pair up whatever their messages say. ``None``: the code is the identity.
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRefresh:
+    """The device just listed every alarm it still retains (an OPC UA ConditionRefresh ended).
+
+    Alarms from this device whose key is not in ``keys`` ended while nobody was listening.
+    """
+
+    machine_id: str
+    keys: frozenset[str]
     timestamp: float
 
 
-Sample = Reading | AlarmNotice
+Sample = Reading | AlarmNotice | AlarmRefresh
 Sink = Callable[[Sequence[Sample]], None]
 
 

@@ -227,3 +227,40 @@ async def test_a_read_that_raises_becomes_bad_readings_not_silence(sim: ModbusSi
     assert [(r.tag, r.value, r.quality) for r in bad] == [("r0", None, Quality.BAD)]
     assert bad[0].reason is not None and "decoder bug" in bad[0].reason
     assert collector.stats.errors >= 2
+
+
+async def test_a_hung_device_logs_one_line_per_outage_and_one_per_recovery(sim: ModbusSimulator) -> None:
+    driver = modbus_driver(sim.port, 3, timeout="200ms", machine_id="hangs")
+    sink = Recorder()
+    collector = Collector(driver, poll_interval=0.1, sink=sink)
+    sim.hang(3, True)
+    with capture_logs() as logs:
+        task = asyncio.create_task(collector.run())
+        try:
+            # Several reconnects while it stays hung: each accepts TCP, then nothing answers.
+            await wait_until(lambda: collector.stats.connects >= 3, limit=30)
+            sim.hang(3, False)
+            await wait_until(lambda: sinks_good(sink), limit=15)
+        finally:
+            sim.hang(3, False)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    lines = [e["event"] for e in logs if e["log_level"] in ("info", "warning", "error")]
+    down = [
+        e
+        for e in lines
+        if e
+        in ("machine_readings_bad", "machine_connect_failed", "modbus_disconnected", "modbus_connect_failed")
+    ]
+    assert down.count("machine_readings_bad") + down.count("machine_connect_failed") == 1
+    assert down.count("modbus_disconnected") + down.count("modbus_connect_failed") == 1
+    assert lines.count("machine_readings_recovered") == 1
+    assert lines.count("modbus_connected") == 1  # the recovery, not every TCP connect to a hung device
+
+
+def sinks_good(sink: Recorder) -> bool:
+    return (
+        bool(sink.batches)
+        and bool(sink.batches[-1])
+        and all(r.quality is Quality.GOOD for r in sink.batches[-1])
+    )

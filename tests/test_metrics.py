@@ -109,3 +109,26 @@ def test_rows_held_in_memory_and_lost_are_exposed() -> None:
     assert got[("edge_agent_deliveries_held_in_memory", ())] == 3
     assert got[("edge_agent_deliveries_lost_total", (("reason", "memory_full"),))] == 5
     assert got[("edge_agent_deliveries_lost_total", (("reason", "stopped"),))] == 4
+
+
+def test_an_unreadable_machine_has_one_series_with_its_reason_and_none_once_readable() -> None:
+    m = Metrics()
+    m.set_machine_statuses({})  # machines without a status yet: no status="None" series
+    m.set_unreadable("mill-01", "DISCONNECTED", "cannot read the machine: connection refused", 1000.0)
+    m.set_unreadable(
+        "mill-01", "BAD", "the machine answers with errors: exception 4 (device failure)", 2000.0
+    )
+    series = {k: v for k, v in samples(m).items() if k[0] == "edge_agent_machine_unreadable_since_seconds"}
+    assert series == {
+        (
+            "edge_agent_machine_unreadable_since_seconds",
+            (
+                ("machine", "mill-01"),
+                ("reason", "the machine answers with errors: exception 4 (device failure)"),
+                ("status", "BAD"),
+            ),
+        ): 2000.0
+    }
+    assert not any(dict(labels).get("status") == "None" for _, labels in samples(m))
+    m.set_unreadable("mill-01", None, "status.otherwise", None)
+    assert not any(k[0] == "edge_agent_machine_unreadable_since_seconds" for k in samples(m))

@@ -296,6 +296,7 @@ def _machine_view(pipeline: Pipeline, machine_id: str, *, detail: bool = False) 
     now = pipeline.now()
     out["status"] = deriver.status
     out["status_since"] = _ts(deriver.status_since)
+    out["status_reason"] = getattr(deriver, "status_reason", None)
     open_dt = deriver.open_downtime
     out["open_downtime"] = _downtime_view(machine_id, open_dt, now) if open_dt is not None else None
     out["active_alarms"] = [_alarm_view(a) for a in deriver.active_alarms]

@@ -154,7 +154,7 @@ async def status_command(args: argparse.Namespace, client: ApiClient, out: TextI
     if args.json:
         _print_json(machines, out)
         return EXIT_OK
-    rows = [["MACHINE", "GROUP", "STATUS", "SINCE", "OPEN DOWNTIME", "ALARMS"]]
+    rows = [["MACHINE", "GROUP", "STATUS", "SINCE", "OPEN DOWNTIME", "ALARMS", "WHY"]]
     for m in machines:
         dt = m.get("open_downtime") or {}
         dt_text = f"{dt.get('id')} {dt.get('category') or 'uncategorized'}" if dt else "-"
@@ -169,6 +169,8 @@ async def status_command(args: argparse.Namespace, client: ApiClient, out: TextI
                 str(m.get("status_since") or "-"),
                 dt_text,
                 alarms,
+                # Only an unreadable machine needs its reason spelt out (the rule path is noise).
+                str(m.get("status_reason") or "-") if m.get("status") in ("DISCONNECTED", "BAD") else "-",
             ]
         )
     _table(rows, out)

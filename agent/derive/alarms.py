@@ -18,6 +18,13 @@
   the register raises it at the deadline (``due``). Whatever ends a held alarm first raises it, so
   an alarm the device showed never vanishes silently. The first look at the register, and a resync
   after a gap, raise at once: no event will tell about alarms that were already active.
+- An event may name its alarm by a ``key`` (an OPC UA condition's ConditionId): the key, not the code
+  or message, is then the alarm's identity, so two conditions with one code stay apart and a clear
+  always finds its raise. A refresh (``AlarmRefresh``: the device listed what it still retains)
+  clears the event alarms it did not list (``cleared_by: refresh``); the listed ones were announced
+  by the refresh's own notices, never twice.
+- Event alarms carry the device's times: ``started_at`` is the device's time of the raise and the
+  duration runs to the device's time of the clear (a device clock ahead of ours is cut to ours).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.events import iso_utc
-from drivers.base import AlarmNotice
+from drivers.base import AlarmNotice, AlarmRefresh
 
 from .conditions import AlarmFact, normalize_code
 from .snapshot import Fields
@@ -69,6 +76,11 @@ class ActiveAlarm:
     source: str
     unknown: bool = False
     held: bool = False  # shown by the register, ``alarm_triggered`` waits for the device's event
+    key: str | None = None  # the device's identity of the alarm (ConditionId); None: the code is
+
+    @property
+    def ident(self) -> str:
+        return self.code if self.key is None else self.key
 
     def section(self) -> dict[str, Any]:
         return {
@@ -110,6 +122,11 @@ def _code_of(value: Any) -> str | None:
     return None
 
 
+def _device_time(ts: float, now: float) -> float:
+    """The device's time of an alarm change, never later than ours (its clock may run ahead)."""
+    return ts if math.isfinite(ts) and 0 < ts <= now else now
+
+
 def _bit_set(value: Any, bit: int) -> bool | None:
     if isinstance(value, bool):
         return value if bit == 0 else None
@@ -147,9 +164,12 @@ class AlarmTracker:
             doomed = [a for a in self.active.values() if a.source != BITS]
             return self._clear_all(doomed, now, lambda a: "event_clear_all")
         code = bounded_code(str(n.code).strip())
-        existing = self.active.get(code)
+        existing = self.active.get(n.key or code)
+        if existing is None and n.key is not None:
+            existing = self._adopt(code, n.key)
         if n.active and existing is None and self._full():
             return []
+        at = _device_time(n.timestamp, now)
         if n.active:
             text = n.message or self.spec.text_for(code) or f"Alarm {code}"
             severity = n.severity if 1 <= n.severity <= 1000 else None
@@ -158,10 +178,33 @@ class AlarmTracker:
             if existing is not None:
                 existing.unknown = False
                 return []
-            return [self._raise(code, text, severity, now, EVENT)]
+            return [self._raise(code, text, severity, at, EVENT, n.key)]
         if existing is None:
             return []  # a clear for an alarm never seen raised: nothing to pair it with
-        return self._clear(existing, now, EVENT)
+        return self._clear(existing, max(at, existing.since), EVENT)
+
+    def refresh(self, r: AlarmRefresh, now: float) -> list[AlarmChange]:
+        """The device listed what it retains: event alarms it left out ended while we did not listen."""
+        if not self.spec.events:
+            return []
+        doomed = [a for a in self.active.values() if a.source == EVENT and a.ident not in r.keys]
+        return self._clear_all(doomed, now, lambda a: "refresh")
+
+    def _find(self, code: str) -> ActiveAlarm | None:
+        """The active alarm with this code (a condition adopted by an event is keyed otherwise)."""
+        found = self.active.get(code)
+        if found is None:
+            found = next((a for a in self.active.values() if a.code == code), None)
+        return found
+
+    def _adopt(self, code: str, key: str) -> ActiveAlarm | None:
+        """The register's alarm with this code becomes the condition ``key`` (one alarm, two views)."""
+        found = next((a for a in self.active.values() if a.source != EVENT and a.code == code), None)
+        if found is not None:
+            del self.active[found.ident]
+            found.key = key
+            self.active[key] = found
+        return found
 
     def from_tags(self, values: Mapping[str, Any], now: float) -> list[AlarmChange]:
         """Act on alarm tags whose value changed since the last call (all of them after a resync)."""
@@ -193,7 +236,7 @@ class AlarmTracker:
             was_set = None if before is _NONE else _bit_set(before, b.bit)
             if was_set == now_set and not resync:
                 continue
-            existing = self.active.get(b.code)
+            existing = self._find(b.code)
             if now_set and existing is None:
                 out.append(self._raise(b.code, b.text, b.severity, now, BITS))
             elif now_set and existing is not None:
@@ -220,7 +263,7 @@ class AlarmTracker:
             else:
                 doomed = [a for a in self.active.values() if a.source == CODE_TAG]
             return self._clear_all(doomed, now, lambda a: "reconnect" if a.unknown else CODE_TAG)
-        existing = self.active.get(code)
+        existing = self._find(code)
         if existing is not None:
             existing.unknown = False
             return []
@@ -279,8 +322,9 @@ class AlarmTracker:
         return True
 
     def _hold(self, code: str, text: str, severity: int | None, now: float) -> None:
-        self.active[code] = ActiveAlarm(code, bounded_text(text), severity, now, CODE_TAG, held=True)
-        self.next_due = min(self.next_due, self._deadline(self.active[code]))
+        alarm = ActiveAlarm(code, bounded_text(text), severity, now, CODE_TAG, held=True)
+        self.active[alarm.ident] = alarm
+        self.next_due = min(self.next_due, self._deadline(alarm))
 
     def _promote(self, alarm: ActiveAlarm, text: str, severity: int | None, now: float) -> AlarmChange:
         """The device's event for a held code: it raises the alarm, which keeps the register's start."""
@@ -306,14 +350,16 @@ class AlarmTracker:
 
     # -- chain
 
-    def _raise(self, code: str, text: str, severity: int | None, now: float, source: str) -> AlarmChange:
-        alarm = ActiveAlarm(code, bounded_text(text), severity, now, source)
-        self.active[code] = alarm
+    def _raise(
+        self, code: str, text: str, severity: int | None, now: float, source: str, key: str | None = None
+    ) -> AlarmChange:
+        alarm = ActiveAlarm(code, bounded_text(text), severity, now, source, key=key)
+        self.active[alarm.ident] = alarm
         return AlarmChange(True, alarm, now)
 
     def _clear(self, alarm: ActiveAlarm, now: float, by: str) -> list[AlarmChange]:
         """The alarm ends; a held one is raised first (at its end: it was never announced)."""
-        del self.active[alarm.code]
+        del self.active[alarm.ident]
         if not alarm.held:
             return [AlarmChange(False, alarm, now, by)]
         alarm.held = False
@@ -341,6 +387,7 @@ class AlarmTracker:
                     "source": a.source,
                     "unknown": a.unknown,
                     "held": a.held,
+                    "key": a.key,
                 }
                 for a in self.active.values()
             ]
@@ -360,8 +407,9 @@ class AlarmTracker:
                 source,
                 item.flag("unknown"),
                 item.flag("held"),  # absent in snapshots from before the hold existed
+                item.opt_text("key"),  # absent in snapshots from before conditions had keys
             )
-            self.active[alarm.code] = alarm
+            self.active[alarm.ident] = alarm
         self._reschedule()
         # After a restart nothing is known about the device: resolve like after a disconnect.
         self.mark_unknown()

@@ -2,7 +2,7 @@
 
 - The start time is the moment the status left ACTIVE; the downtime is *reported* once the machine
   has stayed out of ACTIVE for ``micro_stop`` (shorter stops are micro-stops: no events).
-- DISCONNECTED is neither producing nor stopped: it does not start, end or confirm a downtime. An
+- DISCONNECTED (and BAD: answering only errors) is neither producing nor stopped: it does not start, end or confirm a downtime. An
   open downtime keeps running through it (a dead machine stays down, ``downtime_exceeded`` still
   fires). A machine lost while ACTIVE that comes back not ACTIVE is down since contact was lost.
 - Only a stop that was seen leaving ACTIVE is a downtime: a machine first seen idle is not.
@@ -27,7 +27,7 @@ from agent.events import DOWNTIME_CATEGORIZED, DOWNTIME_ENDED, DOWNTIME_EXCEEDED
 from .conditions import AlarmFact, RuleContext
 from .errors import InvalidCategorization, UnknownCategory, UnknownDowntime
 from .snapshot import Fields
-from .spec import ACTIVE, DISCONNECTED, Categories, DowntimeSpec
+from .spec import ACTIVE, UNREADABLE, Categories, DowntimeSpec
 from .status import StatusChange
 
 Fact = tuple[str, dict[str, Any]]  # event type and its data sections
@@ -156,7 +156,7 @@ class DowntimeTracker:
         if (
             dt is None
             and self.left_at is not None
-            and state not in (ACTIVE, DISCONNECTED, None)
+            and state not in (ACTIVE, *UNREADABLE, None)
             and now - self.left_at >= self.spec.micro_stop
         ):
             dt = self.open = Downtime(self.new_id(self.left_at), self.left_at)

@@ -24,7 +24,7 @@ from agent.events import (
     iso_utc,
     new_event_id,
 )
-from drivers.base import AlarmNotice, Quality, Reading
+from drivers.base import AlarmNotice, AlarmRefresh, Quality, Reading
 
 from .alarms import ActiveAlarm, AlarmChange, AlarmTracker
 from .conditions import AlarmFact, RuleContext, normalize_code
@@ -32,7 +32,7 @@ from .downtime import Downtime, DowntimeTracker, Fact, normalize_thresholds
 from .errors import SnapshotError, UnknownCategory
 from .parts import PartCounter
 from .snapshot import Fields
-from .spec import DISCONNECTED, Categories, DerivationSpec
+from .spec import BAD, DISCONNECTED, UNREADABLE, Categories, DerivationSpec
 from .status import StatusChange, StatusTracker, evaluate
 
 SNAPSHOT_VERSION = 1
@@ -91,12 +91,17 @@ class MachineDeriver:
         self._last_now = -math.inf
         self._bad_since: float | None = None
         self._bad_reason = ""
+        # Every failed read of this outage was answered with an error (BAD), none went unanswered.
+        self._bad_answered = True
         self._dirty = True  # status rules must be evaluated at the next step
+        # No state is decided before the first good reading: rules over no values would report the
+        # ``otherwise`` state (a false IDLE) for a device that accepts TCP and never answers.
+        self._seen_good = False
         self._retry_for_alarm = False  # a new alarm may let a category rule match an open downtime
 
     # -- inputs
 
-    def ingest(self, samples: Sequence[Reading | AlarmNotice], now: float) -> list[Event]:
+    def ingest(self, samples: Sequence[Reading | AlarmNotice | AlarmRefresh], now: float) -> list[Event]:
         now = self._clock(now)
         events: list[Fact] = []
         if now >= self._alarms.next_due:
@@ -127,10 +132,16 @@ class MachineDeriver:
                     # status. Only a machine that reads badly as a whole becomes DISCONNECTED.
                     any_bad = True
                     self._bad_reason = s.reason or str(s.quality)
-            else:
+                    if s.quality is not Quality.BAD:
+                        self._bad_answered = False
+            elif isinstance(s, AlarmNotice):
                 self._alarm_events(self._alarms.notice(s, now), events)
+            else:
+                self._alarm_events(self._alarms.refresh(s, now), events)
         if any_good:
+            self._seen_good = True
             self._bad_since = None
+            self._bad_answered = True
             if self._alarms.has_unknown:
                 self._alarm_events(self._alarms.from_tags(values, now), events)
                 self._alarms.settle()
@@ -180,12 +191,17 @@ class MachineDeriver:
         change: StatusChange | None
         if self._bad_since is not None:
             if now - self._bad_since >= self._disconnect_after:
-                change = st.force(
-                    DISCONNECTED, self._bad_since, f"cannot read the machine: {self._bad_reason}"
-                )
+                if self._bad_answered:
+                    change = st.force(
+                        BAD, self._bad_since, f"the machine answers with errors: {self._bad_reason}"
+                    )
+                else:
+                    change = st.force(
+                        DISCONNECTED, self._bad_since, f"cannot read the machine: {self._bad_reason}"
+                    )
             else:
                 change = st.confirm(now)  # during the grace period the rules' view is frozen
-        elif self._dirty or self._timed:
+        elif (self._dirty or self._timed) and self._seen_good:
             ctx = self._ctx
             ctx.now = now
             self._dirty = False
@@ -196,9 +212,10 @@ class MachineDeriver:
         retry_rules = False
         if change is not None:
             events.append((MACHINE_STATUS_CHANGED, {"status": _status_section(change)}))
-            if change.to_state == DISCONNECTED:
+            if change.to_state in UNREADABLE:
                 self._alarms.mark_unknown()
                 self._ctx.values.clear()  # stale values must not decide the status after reconnect
+                self._seen_good = False
                 self._dirty = True
             events.extend(self._downtime.on_status(change, self._ctx.alarms))
             retry_rules = True
@@ -237,6 +254,15 @@ class MachineDeriver:
     @property
     def status_since(self) -> float | None:
         return self._status.since
+
+    @property
+    def status_reason(self) -> str | None:
+        """Why the machine has its status: the rule that decided it, or, while DISCONNECTED or BAD,
+        why the last reads failed (``no answer to 3 requests ...``, ``exception 4 (device failure) ...``)."""
+        st = self._status
+        if st.state in UNREADABLE and self._bad_since is not None and self._bad_reason:
+            return f"{'the machine answers with errors' if st.state == BAD else 'cannot read the machine'}: {self._bad_reason}"
+        return st.reason
 
     @property
     def open_downtime(self) -> Downtime | None:
@@ -278,6 +304,7 @@ class MachineDeriver:
             "last_now": None if self._last_now == -math.inf else self._last_now,
             "bad_since": self._bad_since,
             "bad_reason": self._bad_reason,
+            "bad_answered": self._bad_answered,
             "status": self._status.to_dict(),
             "alarms": self._alarms.to_dict(),
             "downtime": self._downtime.to_dict(),
@@ -312,9 +339,12 @@ class MachineDeriver:
         self._status, self._alarms, self._downtime, self._parts = status, alarms, downtime, parts
         self._last_now = -math.inf if last_now is None else last_now
         self._bad_since, self._bad_reason = bad_since, bad_reason
+        answered = data.get("bad_answered", True)  # absent in snapshots from before BAD existed
+        self._bad_answered = answered if isinstance(answered, bool) else True
         self._ctx.values.clear()
         self._ctx.changed_at.clear()
         self._ctx.alarms = alarms.facts()
+        self._seen_good = False
         self._dirty = True
 
 

@@ -19,6 +19,9 @@ IDLE = "IDLE"
 ALARM = "ALARM"
 SETUP = "SETUP"
 DISCONNECTED = "DISCONNECTED"
+# The device answers, but every request with an error (e.g. a Modbus exception): not readable either.
+BAD = "BAD"
+UNREADABLE = (DISCONNECTED, BAD)
 # Custom states are allowed (a plant may want WARMUP or OFF); only ACTIVE counts as producing.
 _STATE_WORD = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -206,8 +209,8 @@ def _state_word(value: Any) -> str:
     word = as_str(value)
     if not _STATE_WORD.match(word):
         raise ValueError(f"state {word!r} must be an upper-case word like ACTIVE, IDLE, ALARM, SETUP")
-    if word == DISCONNECTED:
-        raise ValueError("DISCONNECTED is decided by read quality (disconnect_after), not by rules")
+    if word in UNREADABLE:
+        raise ValueError(f"{word} is decided by read quality (disconnect_after), not by rules")
     return word
 
 

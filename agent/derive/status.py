@@ -36,6 +36,7 @@ class StatusTracker:
         self.min_state = min_state
         self.state: str | None = None
         self.since: float | None = None
+        self.reason: str | None = None  # why the current state: a rule's path or why reads fail
         self.pending: str | None = None
         self.pending_since = 0.0
         self.pending_reason = ""
@@ -66,13 +67,14 @@ class StatusTracker:
             since = max(since, self.since)  # never a negative duration, even if clocks disagreed
         previous = None if self.since is None else since - self.since
         change = StatusChange(self.state, state, since, previous, reason)
-        self.state, self.since, self.pending = state, since, None
+        self.state, self.since, self.reason, self.pending = state, since, reason, None
         return change
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "state": self.state,
             "since": self.since,
+            "reason": self.reason,
             "pending": None
             if self.pending is None
             else {"state": self.pending, "since": self.pending_since, "reason": self.pending_reason},
@@ -81,6 +83,7 @@ class StatusTracker:
     def load(self, f: Fields) -> None:
         self.state = f.opt_text("state")
         self.since = f.opt_number("since")
+        self.reason = f.opt_text("reason")  # absent in snapshots from before it was kept
         if (self.state is None) != (self.since is None):
             raise f.error("since", "state and since must both be set or both be null")
         pending = f.opt_sub("pending")

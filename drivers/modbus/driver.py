@@ -62,7 +62,7 @@ class ModbusDriver:
         try:
             await self._link.connect()
         except LinkDown as exc:
-            raise DriverError(str(exc)) from None
+            raise DriverError(exc.reason) from None
 
     async def read(self) -> list[Reading]:
         out: list[Reading] = []
@@ -79,7 +79,7 @@ class ModbusDriver:
                 try:
                     values: Any = await link.read(req.unit, req.table, req.address, req.count, timeout)
                 except LinkDown as exc:
-                    reason = down = str(exc)
+                    reason = down = exc.reason
                 except NoAnswer as exc:
                     # A unit that did not answer is not asked again this cycle: that would only
                     # stretch the cycle by one timeout per request.

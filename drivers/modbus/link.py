@@ -60,7 +60,15 @@ class LinkError(Exception):
 
 
 class LinkDown(LinkError):
-    """Not connected, or the connection was lost: nothing can be read now."""
+    """Not connected, or the connection was lost: nothing can be read now.
+
+    ``reason`` is the outage's cause without the retry countdown, so what readings, status and
+    metrics show stays the same through one outage.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class NoAnswer(LinkError):
@@ -80,7 +88,7 @@ class Link:
         timeout: float = 1.0,
         pause_after_connect: float = 0.0,
         backoff_base: float = 0.5,
-        backoff_cap: float = 30.0,
+        backoff_cap: float = 4.0,  # see agent/collector.py BACKOFF_CAP: back within 10 s
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -99,6 +107,7 @@ class Link:
         self._next_attempt = 0.0
         self._silent = 0
         self._answered = False
+        self._down_logged = False  # the current outage has had its log line
         self.reason = "not connected yet"
         self.connects = 0  # successful connects, for metrics and tests
 
@@ -122,7 +131,9 @@ class Link:
                 return
             now = self._clock()
             if now < self._next_attempt:
-                raise LinkDown(f"{self.reason}; next attempt in {self._next_attempt - now:.1f} s")
+                raise LinkDown(
+                    f"{self.reason}; next attempt in {self._next_attempt - now:.1f} s", self.reason
+                )
             self._state = ConnectionState.CONNECTING
             client = self._client or AsyncModbusTcpClient(
                 self.host,
@@ -159,7 +170,14 @@ class Link:
             self._answered = False
             self.connects += 1
             self.reason = ""
-            log.info("modbus_connected", link=self.name)
+            # Not yet "up": a hung device accepts TCP and never answers. The first reply is the news.
+            log.debug("modbus_tcp_connected", link=self.name)
+
+    def _outage(self, event: str, reason: str) -> None:
+        """One log line per outage, whatever the retries in it say."""
+        if not self._down_logged:
+            self._down_logged = True
+            log.warning(event, link=self.name, reason=reason)
 
     def _failed(self, reason: str) -> None:
         self._failures += 1
@@ -167,8 +185,7 @@ class Link:
         self._next_attempt = self._clock() + backoff_delay(
             self._failures, self.backoff_base, self.backoff_cap, self._jitter()
         )
-        if reason != self.reason:
-            log.warning("modbus_connect_failed", link=self.name, reason=reason)
+        self._outage("modbus_connect_failed", reason)
         self.reason = reason
 
     def _on_transport(self, connected: bool) -> None:
@@ -196,7 +213,7 @@ class Link:
             self.reason = reason
         else:
             self._failed(reason)
-        log.warning("modbus_disconnected", link=self.name, reason=reason)
+        self._outage("modbus_disconnected", reason)
 
     async def read(
         self, unit: int, table: str, address: int, count: int, deadline: float | None = None
@@ -225,6 +242,9 @@ class Link:
             if not self._answered:
                 self._answered = True
                 self._failures = 0  # the backoff resets only once the device really answered
+                if self._down_logged or self.connects == 1:
+                    self._down_logged = False
+                    log.info("modbus_connected", link=self.name)
         if reply.isError():
             code = int(getattr(reply, "exception_code", 0))
             name = EXCEPTION_NAMES.get(code, "unknown exception")

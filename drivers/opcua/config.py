@@ -29,7 +29,12 @@ MODES = ("poll", "subscribe")
 SECURITY_POLICIES = ("None", "Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
 SECURITY_MODES = ("Sign", "SignAndEncrypt")
 SERVER_OBJECT = "i=2253"
-DEFAULT_EVENT_TYPE = "nsu=urn:edge-agent:simulator;s=CncAlarmType"
+# OPC 10000-9 AlarmConditionType: an OfType filter on it also matches every subtype (limit, discrete,
+# off-normal, OPC 40502 CncAlarmType).
+DEFAULT_EVENT_TYPE = "i=2915"
+# What names an alarm in events: the condition's ConditionName, the OPC 40502 AlarmIdentifier (a
+# property of the configured event type), or the ConditionId itself.
+CODE_FIELDS = ("ConditionName", "AlarmIdentifier", "ConditionId")
 # Bounds on what a server can make the agent hold (see drivers/opcua/limits.py). A CNC's tags are
 # numbers and short strings; 4 MiB answers a Read of hundreds of tags.
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
@@ -120,6 +125,15 @@ class AlarmConfig:
     notifier: NodeRef
     event_type: NodeRef | None
     source: NodeRef | None = None  # only events whose SourceNode is this node (many machines, one server)
+    code: str = "ConditionName"  # one of CODE_FIELDS (conditions only)
+    # Plain (non-condition) events: the event type's fields that carry the code and the active flag.
+    # Both set means the events are read as plain events; neither means OPC 10000-9 conditions.
+    code_field: str | None = None
+    active_field: str | None = None
+
+    @property
+    def conditions(self) -> bool:
+        return self.code_field is None
 
 
 @dataclass(frozen=True)
@@ -245,9 +259,29 @@ def parse(machine_id: str, conn: Section, tags: Section, poll_interval: float) -
         notifier = _node_key(sec, "notifier", prefix, SERVER_OBJECT)
         event_type = _node_key(sec, "event_type", prefix, DEFAULT_EVENT_TYPE)
         source = _node_key(sec, "source", prefix)
+        code = sec.get("code", one_of(*CODE_FIELDS), "ConditionName")
+        code_field = sec.opt("code_field", as_str)
+        active_field = sec.opt("active_field", as_str)
+        plain = code_field is not None or active_field is not None
+        if plain:
+            # Never guess a plain event's code from its message text: the file must say where it is.
+            for k, v in (("code_field", code_field), ("active_field", active_field)):
+                if v is None and not sec.has(k):
+                    sec.problems.add(
+                        sec.file,
+                        sec.line,
+                        sec.key_path(k),
+                        "plain (non-condition) alarm events need both code_field and active_field",
+                    )
+            if sec.has("code"):
+                sec.error("code", "only for conditions; plain events name their code with code_field")
+            if not sec.has("event_type"):
+                sec.problems.add(
+                    sec.file, sec.line, sec.key_path("event_type"), "required with code_field/active_field"
+                )
         sec.done()
         if notifier is not None:
-            alarms = AlarmConfig(notifier, event_type, source)
+            alarms = AlarmConfig(notifier, event_type, source, code, code_field, active_field)
     conn.done()
 
     parsed: list[OpcuaTag] = []

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -30,16 +31,59 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaStatusCodeError
 from cryptography import x509
 
-from drivers.base import AlarmNotice, ConnectionState, DriverError, Quality, Reading, Sample, Sink
-from drivers.opcua.config import NodeRef, OpcuaMachineConfig, OpcuaTag
+from drivers.base import (
+    AlarmNotice,
+    AlarmRefresh,
+    ConnectionState,
+    DriverError,
+    Quality,
+    Reading,
+    Sample,
+    Sink,
+)
+from drivers.opcua.config import AlarmConfig, NodeRef, OpcuaMachineConfig, OpcuaTag
 from drivers.opcua.limits import bound_client, oversize
 
 log = structlog.get_logger(__name__)
 
+
+class _PublishLoopCrash(logging.Filter):
+    """asyncua logs "Publish iteration crashed" with a traceback at error level whenever a server
+    goes away; the driver reports that loss itself (``opcua_disconnected``, once, with the reason)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Publish iteration crashed")
+
+
+logging.getLogger("asyncua.client.ua_session.UaSession").addFilter(_PublishLoopCrash())
+
+
+def _ns0(ident: int) -> ua.NodeId:
+    return ua.NodeId(ua.Int32(ident))
+
+
 EVENT_HANDLE = 0x7FFF0000  # client handle of the alarm-event item; tag handles are their indexes
-_FIELDS_BASE = ("EventType", "Message", "Severity", "SourceNode")
-_FIELDS_FULL = (*_FIELDS_BASE, "AlarmIdentifier", "Active", "ActiveState/Id")
-_CODE_IN_MESSAGE = re.compile(r"\b([A-Za-z]*\d+[A-Za-z0-9_-]*)\b")
+_CONDITION = _ns0(ObjectIds.ConditionType)
+_REFRESH_START = _ns0(ObjectIds.RefreshStartEventType)
+_REFRESH_END = _ns0(ObjectIds.RefreshEndEventType)
+# OPC 10000-9: (name, type that defines it, browse path). ConditionId has no browse path: it is the
+# NodeId attribute of the condition (see _condition_id_operand).
+_BASE_FIELDS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
+    ("EventId", ObjectIds.BaseEventType, ("EventId",)),
+    ("EventType", ObjectIds.BaseEventType, ("EventType",)),
+    ("SourceNode", ObjectIds.BaseEventType, ("SourceNode",)),
+    ("SourceName", ObjectIds.BaseEventType, ("SourceName",)),
+    ("Time", ObjectIds.BaseEventType, ("Time",)),
+    ("Message", ObjectIds.BaseEventType, ("Message",)),
+    ("Severity", ObjectIds.BaseEventType, ("Severity",)),
+)
+_CONDITION_FIELDS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
+    ("ConditionName", ObjectIds.ConditionType, ("ConditionName",)),
+    ("BranchId", ObjectIds.ConditionType, ("BranchId",)),
+    ("Retain", ObjectIds.ConditionType, ("Retain",)),
+    ("ActiveState/Id", ObjectIds.AlarmConditionType, ("ActiveState", "Id")),
+    ("AckedState/Id", ObjectIds.AcknowledgeableConditionType, ("AckedState", "Id")),
+)
 _SESSION_GONE = {
     StatusCodes.BadSessionIdInvalid,
     StatusCodes.BadSessionClosed,
@@ -74,12 +118,6 @@ def status_name(code: ua.StatusCode | int) -> str:
         return f"status 0x{int(sc.value):08X}"
 
 
-def code_from_message(message: str, event_type: str) -> str:
-    """Fallback alarm code for plain BaseEventType events: the first token with a digit, else the type."""
-    m = _CODE_IN_MESSAGE.search(message)
-    return m.group(1) if m else event_type
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, DriverError):
         return str(exc)
@@ -101,6 +139,7 @@ class OpcuaDriver:
     def __init__(self, config: OpcuaMachineConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.machine_id = config.machine_id
         self.config = config
+        self.tag_names = config.tag_names  # lets the collector report an outage per tag, as for Modbus
         self._clock = clock
         self._state = ConnectionState.DISCONNECTED
         self._reason = "not connected yet"
@@ -115,6 +154,8 @@ class OpcuaDriver:
         self._subscription_id: int | None = None
         self._event_fields: tuple[str, ...] = ()
         self._event_source: ua.NodeId | None = None
+        self._refresh_keys: set[str] | None = None  # conditions listed since RefreshStartEvent
+        self._refresh_supported = True
         self._last_publish = 0.0
         self._stale_after = math.inf
         self._watch_task: asyncio.Task[None] | None = None
@@ -135,10 +176,10 @@ class OpcuaDriver:
 
     @property
     def event_filter(self) -> str:
-        """``full`` (alarm type fields), ``base`` (BaseEventType fallback) or ``none``."""
+        """``conditions`` (OPC 10000-9 fields), ``plain`` (configured event fields) or ``none``."""
         if not self._event_fields:
             return "none"
-        return "full" if self._event_fields == _FIELDS_FULL else "base"
+        return "conditions" if "ConditionId" in self._event_fields else "plain"
 
     # -- connection
 
@@ -336,7 +377,10 @@ class OpcuaDriver:
                 log.warning("tag_value_too_large", machine_id=self.machine_id, tag=tag.name, reason=why)
             return Reading(self.machine_id, tag.name, None, Quality.BAD, now, why)
         self._oversized.discard(tag.name)
-        return Reading(self.machine_id, tag.name, tag.convert(variant.Value), Quality.GOOD, now)
+        # The device's SourceTimestamp where the server gives one; else when the agent received it.
+        source = dv.SourceTimestamp
+        ts = source.timestamp() if isinstance(source, datetime) and source.year > 1601 else now
+        return Reading(self.machine_id, tag.name, tag.convert(variant.Value), Quality.GOOD, ts)
 
     # -- subscriptions
 
@@ -384,6 +428,7 @@ class OpcuaDriver:
         revised_keepalive = created.RevisedMaxKeepAliveCount or keepalive
         self._stale_after = 3 * revised_ms * revised_keepalive / 1000 + cfg.timeout
         self._last_publish = time.monotonic()
+        self._refresh_keys = None
         if cfg.mode == "subscribe":
             await self._monitor_tags(client, sub_id)
         if cfg.alarms is not None:
@@ -392,7 +437,7 @@ class OpcuaDriver:
             except (DriverError, UaStatusCodeError) as exc:
                 # Tag values matter more than alarm events: keep collecting and say why events are missing.
                 self._event_fields = ()
-                log.warning("opcua_alarm_events_unavailable", machine=self.machine_id, reason=_describe(exc))
+                log.error("opcua_alarm_events_unavailable", machine=self.machine_id, reason=_describe(exc))
         self._watch_task = asyncio.get_running_loop().create_task(self._watch(generation))
         log.info("opcua_subscribed", machine=self.machine_id, mode=cfg.mode, events=self.event_filter)
 
@@ -431,7 +476,7 @@ class OpcuaDriver:
             results = await client.uaclient.create_monitored_items(
                 ua.CreateMonitoredItemsParameters(
                     SubscriptionId=sub_id,
-                    TimestampsToReturn=ua.TimestampsToReturn.Neither,
+                    TimestampsToReturn=ua.TimestampsToReturn.Source,
                     ItemsToCreate=requests,
                 )
             )
@@ -457,45 +502,63 @@ class OpcuaDriver:
             self._event_source, why = _to_nodeid(alarms.source, self._namespaces)
             if self._event_source is None:
                 raise DriverError(f"alarms.source: {why}")
-        event_type = None
+        event_type = _CONDITION if alarms.event_type is None else None
         if alarms.event_type is not None:
-            event_type, _ = _to_nodeid(alarms.event_type, self._namespaces)
-        attempts: list[tuple[tuple[str, ...], ua.EventFilter]] = []
-        if event_type is not None:
-            attempts.append((_FIELDS_FULL, _event_filter(event_type)))
-        attempts.append((_FIELDS_BASE, _event_filter(None)))
-        last = "no filter tried"
-        for fields, flt in attempts:
-            request = ua.MonitoredItemCreateRequest(
-                ItemToMonitor=ua.ReadValueId(NodeId=notifier, AttributeId=AttributeIds.EventNotifier),
-                MonitoringMode=ua.MonitoringMode.Reporting,
-                RequestedParameters=ua.MonitoringParameters(
-                    ClientHandle=EVENT_HANDLE,
-                    SamplingInterval=0,
-                    Filter=flt,
-                    QueueSize=100,
-                    DiscardOldest=True,
-                ),
+            event_type, why = _to_nodeid(alarms.event_type, self._namespaces)
+            if event_type is None:
+                raise DriverError(f"alarms.event_type: {why}")
+        assert event_type is not None
+        if alarms.conditions and not await _is_subtype(client, event_type, _CONDITION):
+            # Reading a plain event as a condition would mean guessing its code and its clear.
+            raise DriverError(
+                f"alarms.event_type {alarms.event_type.text if alarms.event_type else ''} is not a "
+                "condition type (not a subtype of ConditionType i=2782); for plain events set "
+                "alarms.code_field and alarms.active_field"
             )
-            (result,) = await client.uaclient.create_monitored_items(
-                ua.CreateMonitoredItemsParameters(SubscriptionId=sub_id, ItemsToCreate=[request])
+        names, flt = _event_filter(event_type, alarms)
+        request = ua.MonitoredItemCreateRequest(
+            ItemToMonitor=ua.ReadValueId(NodeId=notifier, AttributeId=AttributeIds.EventNotifier),
+            MonitoringMode=ua.MonitoringMode.Reporting,
+            RequestedParameters=ua.MonitoringParameters(
+                ClientHandle=EVENT_HANDLE,
+                SamplingInterval=0,
+                Filter=flt,
+                QueueSize=1000,  # a ConditionRefresh sends every retained condition at once
+                DiscardOldest=True,
+            ),
+        )
+        (result,) = await client.uaclient.create_monitored_items(
+            ua.CreateMonitoredItemsParameters(SubscriptionId=sub_id, ItemsToCreate=[request])
+        )
+        rejected = _filter_rejected(result)
+        if rejected is not None:
+            raise DriverError(f"the server refused alarm events from {alarms.notifier.text}: {rejected}")
+        self._event_fields = names
+        if alarms.conditions:
+            await self._condition_refresh(client, sub_id)
+
+    async def _condition_refresh(self, client: Client, sub_id: int) -> None:
+        """Ask for every retained condition (OPC 10000-9 ConditionRefresh): alarms active at connect are
+        announced, and the RefreshEndEvent lets derivation clear those that ended while we were away."""
+        request = ua.CallMethodRequest(
+            ObjectId=_CONDITION,
+            MethodId=_ns0(ObjectIds.ConditionType_ConditionRefresh),
+            InputArguments=[ua.Variant(sub_id, ua.VariantType.UInt32)],
+        )
+        (result,) = await client.uaclient.call([request])
+        if result.StatusCode.is_good():
+            return
+        # Servers without it answer BadMethodInvalid, BadNotImplemented, BadNothingToDo...: the alarm
+        # events themselves still work, so say it once and carry on.
+        if self._refresh_supported:  # once per driver, not per reconnect
+            log.warning(
+                "opcua_condition_refresh_unsupported",
+                machine=self.machine_id,
+                status=status_name(result.StatusCode),
+                effect="alarms active at connect are not announced; ones that ended while disconnected "
+                "stay active until the server clears them",
             )
-            rejected = _filter_rejected(result)
-            if rejected is None:
-                self._event_fields = fields
-                return
-            last = rejected
-            if result.StatusCode.is_good():
-                with contextlib.suppress(Exception):
-                    await client.uaclient.delete_monitored_items(
-                        ua.DeleteMonitoredItemsParameters(
-                            SubscriptionId=sub_id, MonitoredItemIds=[result.MonitoredItemId]
-                        )
-                    )
-            log.info(
-                "opcua_event_filter_rejected", machine=self.machine_id, fields=len(fields), reason=rejected
-            )
-        raise DriverError(f"the server refused alarm events from {alarms.notifier.text}: {last}")
+        self._refresh_supported = False
 
     async def _watch(self, generation: int) -> None:
         """A subscription that stops publishing (not even keep-alives) counts as a lost connection."""
@@ -535,33 +598,100 @@ class OpcuaDriver:
         if samples and sink is not None:
             sink(samples)
 
-    def _alarm(self, fields: Sequence[ua.Variant], now: float) -> AlarmNotice | None:
+    def _alarm(self, fields: Sequence[ua.Variant], now: float) -> AlarmNotice | AlarmRefresh | None:
         values: dict[str, Any] = {}
         for name, var in zip(self._event_fields, fields, strict=False):
             values[name] = var.Value if var is not None else None
+        etype = values.get("EventType")
+        if etype == _REFRESH_START:
+            self._refresh_keys = set()
+            return None
+        if etype == _REFRESH_END:
+            keys, self._refresh_keys = self._refresh_keys, None
+            if keys is None:
+                return None  # an end without its start: nothing to reconcile against
+            return AlarmRefresh(self.machine_id, frozenset(keys), now)
         if self._event_source is not None and values.get("SourceNode") != self._event_source:
             return None  # another machine's alarm on a shared server
+        alarms = self.config.alarms
+        assert alarms is not None
         message = values.get("Message")
         text = message.Text if isinstance(message, ua.LocalizedText) else (str(message) if message else "")
-        text = text or ""
         severity = values.get("Severity")
         sev = int(severity) if isinstance(severity, int) else 0
-        code = values.get("AlarmIdentifier")
-        active = values.get("Active")
-        if active is None:
-            active = values.get("ActiveState/Id")
-        etype = values.get("EventType")
-        etype_text = etype.to_string() if isinstance(etype, ua.NodeId) else "event"
-        if code is None or code == "":
-            code = code_from_message(text, etype_text)
+        when = values.get("Time")
+        ts = when.timestamp() if isinstance(when, datetime) else now
+        if not alarms.conditions:
+            raw_code = values.get(alarms.code_field or "")
+            if raw_code is None or raw_code == "":
+                log.warning(
+                    "opcua_alarm_event_without_code", machine=self.machine_id, field=alarms.code_field
+                )
+                return None
+            flag = values.get(alarms.active_field or "")
+            return AlarmNotice(self.machine_id, str(raw_code), text or "", sev, bool(flag), ts)
+        branch = values.get("BranchId")
+        if isinstance(branch, ua.NodeId) and not branch.is_null():
+            # A branch is an earlier state kept for acknowledgement (OPC 10000-9 5.5.2), not a new
+            # occurrence: node-opcua sends one with every raise. Only the current state (BranchId
+            # null) says whether the alarm is active.
+            return None
+        key = _condition_key(values, self._namespaces)
+        cname = values.get("ConditionName")
+        chosen: Any = values.get(alarms.code) if alarms.code != "ConditionId" else key
+        code: Any = chosen if chosen not in (None, "") else (cname or key)
+        # Retain false: the server says the condition is of no further interest (OPC 10000-9 5.5.2).
+        active = values.get("ActiveState/Id") is True and values.get("Retain") is not False
+        if active and self._refresh_keys is not None and key is not None:
+            self._refresh_keys.add(key)
         return AlarmNotice(
             machine_id=self.machine_id,
-            code=str(code),
-            message=text,
+            code=None if code is None else str(code),
+            message=text or "",
             severity=sev,
-            active=True if active is None else bool(active),
-            timestamp=now,
+            active=active,
+            timestamp=ts,
+            key=key,
         )
+
+
+def _stable(nid: ua.NodeId, namespaces: Sequence[str]) -> str:
+    """A NodeId as text that survives a server reboot: the namespace URI, not its index."""
+    text = nid.to_string()
+    index = nid.NamespaceIndex
+    if 0 < index < len(namespaces):
+        return f"nsu={namespaces[index]};{text.split(';', 1)[1] if ';' in text else text}"
+    return text
+
+
+def _condition_key(values: dict[str, Any], namespaces: Sequence[str]) -> str | None:
+    """A condition's identity: its ConditionId (events of branches never get here)."""
+    cid = values.get("ConditionId")
+    if isinstance(cid, ua.NodeId) and not cid.is_null():
+        key = _stable(cid, namespaces)
+    else:
+        # A server that cannot select the NodeId attribute: the source and name still tell alarms apart.
+        source = values.get("SourceNode")
+        name = values.get("ConditionName")
+        if name is None:
+            return None
+        key = f"{_stable(source, namespaces) if isinstance(source, ua.NodeId) else ''}/{name}"
+    return key
+
+
+async def _is_subtype(client: Client, type_id: ua.NodeId, base: ua.NodeId) -> bool:
+    """Whether ``type_id`` is ``base`` or one of its subtypes (browsing HasSubtype up to the root)."""
+    current: ua.NodeId | None = type_id
+    for _ in range(32):
+        if current is None:
+            return False
+        if current == base:
+            return True
+        parents = await client.get_node(current).get_referenced_nodes(
+            refs=ObjectIds.HasSubtype, direction=ua.BrowseDirection.Inverse
+        )
+        current = parents[0].nodeid if parents else None
+    return False
 
 
 def _certificate_uris(cert: x509.Certificate) -> list[str]:
@@ -602,29 +732,73 @@ def _operand(path: Sequence[ua.QualifiedName], type_id: ua.NodeId) -> ua.SimpleA
     )
 
 
-def _event_filter(event_type: ua.NodeId | None) -> ua.EventFilter:
-    """Select clauses in the order of ``_FIELDS_FULL`` (alarm type given) or ``_FIELDS_BASE``."""
-    base = ua.NodeId(ua.Int32(ObjectIds.BaseEventType))
-    select = [
-        _operand([ua.QualifiedName("EventType", 0)], base),
-        _operand([ua.QualifiedName("Message", 0)], base),
-        _operand([ua.QualifiedName("Severity", 0)], base),
-        _operand([ua.QualifiedName("SourceNode", 0)], base),
-    ]
-    flt = ua.EventFilter(SelectClauses=select)
-    if event_type is None:
-        return flt
-    ns = event_type.NamespaceIndex
-    select.append(_operand([ua.QualifiedName("AlarmIdentifier", ns)], event_type))
-    select.append(_operand([ua.QualifiedName("Active", ns)], event_type))
-    # A standard AlarmConditionType subtype carries the state as ActiveState/Id instead.
-    select.append(_operand([ua.QualifiedName("ActiveState", 0), ua.QualifiedName("Id", 0)], event_type))
-    element = ua.ContentFilterElement(
-        FilterOperator=ua.FilterOperator.OfType,
-        FilterOperands=[ua.LiteralOperand(Value=ua.Variant(event_type))],
+def _condition_id_operand() -> ua.SimpleAttributeOperand:
+    # OPC 10000-9 5.5.2: the ConditionId is selected as the NodeId attribute of ConditionType with an
+    # empty browse path.
+    return ua.SimpleAttributeOperand(
+        TypeDefinitionId=_CONDITION, BrowsePath=[], AttributeId=AttributeIds.NodeId, IndexRange=None
     )
-    flt.WhereClause = ua.ContentFilter(Elements=[element])
-    return flt
+
+
+def _browse_path(text: str, default_ns: int) -> list[ua.QualifiedName]:
+    """``Name`` or ``Name/Sub``; an element written ``0:Name`` is in that namespace (``0``: the
+    standard's), any other in the event type's."""
+    path = []
+    for part in text.split("/"):
+        ns, sep, name = part.partition(":")
+        if sep and ns.isdigit():
+            path.append(ua.QualifiedName(name, int(ns)))
+        else:
+            path.append(ua.QualifiedName(part, default_ns))
+    return path
+
+
+def _of_type(type_id: ua.NodeId) -> ua.ContentFilterElement:
+    return ua.ContentFilterElement(
+        FilterOperator=ua.FilterOperator.OfType, FilterOperands=[ua.LiteralOperand(Value=ua.Variant(type_id))]
+    )
+
+
+def _or(left: int, right: int) -> ua.ContentFilterElement:
+    return ua.ContentFilterElement(
+        FilterOperator=ua.FilterOperator.Or,
+        FilterOperands=[ua.ElementOperand(Index=left), ua.ElementOperand(Index=right)],
+    )
+
+
+def _event_filter(event_type: ua.NodeId, alarms: AlarmConfig) -> tuple[tuple[str, ...], ua.EventFilter]:
+    """The select clauses (and the names of their fields, in order) and the where clause."""
+    names: list[str] = []
+    select: list[ua.SimpleAttributeOperand] = []
+    for name, type_id, path in _BASE_FIELDS:
+        names.append(name)
+        select.append(_operand([ua.QualifiedName(p, 0) for p in path], _ns0(type_id)))
+    ns = event_type.NamespaceIndex
+    if alarms.conditions:
+        for name, type_id, path in _CONDITION_FIELDS:
+            names.append(name)
+            select.append(_operand([ua.QualifiedName(p, 0) for p in path], _ns0(type_id)))
+        names.append("ConditionId")
+        select.append(_condition_id_operand())
+        if alarms.code == "AlarmIdentifier":  # OPC 40502 CncAlarmType: a property in the type's namespace
+            names.append("AlarmIdentifier")
+            select.append(_operand([ua.QualifiedName("AlarmIdentifier", ns)], event_type))
+        # OfType matches subtypes too; the refresh brackets are not conditions, so they are let through
+        # explicitly (a server applies the where clause to them as well).
+        elements = [
+            _or(1, 2),
+            _of_type(event_type),
+            _or(3, 4),
+            _of_type(_REFRESH_START),
+            _of_type(_REFRESH_END),
+        ]
+    else:
+        for field_name in (alarms.code_field, alarms.active_field):
+            assert field_name is not None
+            names.append(field_name)
+            select.append(_operand(_browse_path(field_name, ns), event_type))
+        elements = [_of_type(event_type)]
+    return tuple(names), ua.EventFilter(SelectClauses=select, WhereClause=ua.ContentFilter(Elements=elements))
 
 
 def _filter_rejected(result: ua.MonitoredItemCreateResult) -> str | None:

@@ -9,6 +9,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from agent.api.settings import ApiConfig
 from agent.cli import build_parser
 from agent.commands import workflow_cmd
 from agent.config.source import Secret
+from drivers.base import Quality, Reading
 from tests.workflows.rig import (
     MILL,
     OPERATOR_SEED,
@@ -497,3 +499,25 @@ async def test_tls_with_a_self_signed_certificate(tmp_path: Path) -> None:
         await runner.cleanup()
         await rig.close()
     assert [w["name"] for w in flows_seen] == ["QA"]
+
+
+async def test_a_machine_view_says_why_and_since_when_it_cannot_be_read(api: Api, tmp_path: Path) -> None:
+    p, clock = api.rig.pipeline, api.rig.clock
+    status, data, _ = await api.call("GET", "/api/v1/machines/lathe-02")
+    assert (data["status"], data["status_reason"]) == (None, None)  # nothing read yet: nothing decided
+    lost_at = clock.now
+    why = "no answer to 3 requests in a row from 127.0.0.1:5020"
+    tags = ("execution", "alarm_code", "part_count")
+    await p.on_samples(
+        "lathe-02", [Reading("lathe-02", t, None, Quality.DISCONNECTED, lost_at, why) for t in tags]
+    )
+    clock.advance(60)
+    await p.tick()
+    status, data, _ = await api.call("GET", "/api/v1/machines/lathe-02")
+    assert status == 200 and data["status"] == "DISCONNECTED"
+    assert data["status_reason"] == f"cannot read the machine: {why}"
+    assert data["status_since"] == datetime.fromtimestamp(lost_at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    code, out = await run_cli(["status", "-c", str(write_agent_yaml(tmp_path, api))])
+    (line,) = [line for line in out.splitlines() if line.startswith("lathe-02")]
+    assert code == 0 and "DISCONNECTED" in line and line.rstrip().endswith(f"cannot read the machine: {why}")
+    assert out.splitlines()[0].split()[-1] == "WHY"

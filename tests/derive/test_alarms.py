@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from agent.events import ALARM_CLEARED, ALARM_TRIGGERED, Event
+from drivers.base import AlarmNotice, AlarmRefresh
 
 from .builders import BASE, IDLE_VALUES, bad, deriver, good, kinds, notice
 
@@ -410,3 +411,64 @@ def test_an_unusable_float_in_the_code_register_names_no_alarm_and_derivation_go
     out += d.ingest(good(T0 + 11, alarm_code=1001, alarm_severity=800, alarm_count=1), T0 + 11)
     out += d.tick(T0 + 20)  # past any event grace: the register's code is raised by now
     assert alarm_log(out) == [(ALARM_TRIGGERED, "1001", None)]
+
+
+# -- OPC 10000-9 conditions: identity by ConditionId, ConditionRefresh
+
+
+def condition(t: float, key: str, code: str, active: bool, message: str = "Temperature high") -> AlarmNotice:
+    return AlarmNotice("mill-01", code, message, 700, active, t, key=key)
+
+
+def test_a_clear_with_another_message_ends_its_condition_and_a_new_raise_is_a_new_alarm() -> None:
+    d = started()
+    events = []
+    for i in range(2):
+        t = T0 + 10 + 20 * i
+        events += d.ingest([condition(t, "nsu=urn:x;s=Boiler.High", "High", True)], t)
+        events += d.ingest(
+            [condition(t + 5, "nsu=urn:x;s=Boiler.High", "High", False, "Back to normal")], t + 5
+        )
+    assert alarm_log(events) == [
+        (ALARM_TRIGGERED, "High", None),
+        (ALARM_CLEARED, "High", "event"),
+        (ALARM_TRIGGERED, "High", None),
+        (ALARM_CLEARED, "High", "event"),
+    ]
+    cleared = [e.payload()["alarm"] for e in events if e.event == ALARM_CLEARED]
+    assert [c["duration_seconds"] for c in cleared] == [5, 5]  # from the device's times
+
+
+def test_two_conditions_with_one_name_and_text_stay_two_alarms() -> None:
+    d = started()
+    t = T0 + 10
+    events = d.ingest(
+        [condition(t, "s=Furnace1.High", "High", True), condition(t, "s=Furnace2.High", "High", True)], t
+    )
+    events += d.ingest([condition(t + 1, "s=Furnace1.High", "High", False)], t + 1)
+    assert alarm_log(events) == [
+        (ALARM_TRIGGERED, "High", None),
+        (ALARM_TRIGGERED, "High", None),
+        (ALARM_CLEARED, "High", "event"),
+    ]
+    assert [a.key for a in d.active_alarms] == ["s=Furnace2.High"]
+
+
+def test_a_refresh_announces_nothing_twice_and_ends_what_it_no_longer_lists() -> None:
+    d = started()
+    t = T0 + 10
+    d.ingest([condition(t, "s=A", "A", True), condition(t, "s=B", "B", True)], t)
+    # After a reconnect the server lists only A: B ended while nobody listened.
+    refreshed = [condition(t + 60, "s=A", "A", True), AlarmRefresh("mill-01", frozenset({"s=A"}), t + 60)]
+    events = d.ingest(refreshed, t + 60)
+    assert alarm_log(events) == [(ALARM_CLEARED, "B", "refresh")]
+    assert [a.code for a in d.active_alarms] == ["A"]
+
+
+def test_a_device_clock_ahead_of_ours_is_cut_to_ours() -> None:
+    d = started()
+    t = T0 + 10
+    [event] = d.ingest([condition(t + 3600, "s=A", "A", True)], t)
+    assert event.payload()["alarm"]["started_at"] == datetime.fromtimestamp(t, tz=UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )

@@ -150,3 +150,41 @@ status:
     assert status_events(d.ingest(good(T0 + 10, part_count=2), T0 + 10))[0][1] == "ACTIVE"
     assert d.tick(T0 + 70) == []
     assert status_events(d.tick(T0 + 70.5)) == [("ACTIVE", "IDLE", "2023-11-14T22:14:30.500Z")]
+
+
+def test_no_state_is_decided_before_the_first_good_reading() -> None:
+    # Timers tick from the start; without a single good reading the rules have nothing to judge, so
+    # the "otherwise" state (a false IDLE) must not be reported.
+    d = deriver()
+    assert d.tick(T0) == [] and d.tick(T0 + 60) == []
+    assert d.status is None
+    events = d.ingest(bad(T0 + 61, "execution"), T0 + 61) + d.tick(T0 + 71)
+    assert [(f, t) for f, t, _ in status_events(events)] == [(None, "DISCONNECTED")]
+
+
+def test_a_device_answering_only_errors_is_bad_not_disconnected() -> None:
+    d = deriver()
+    reason = "exception 4 (device failure) reading holding 3..4 (unit 1)"
+    readings = [
+        r.__class__(r.machine_id, r.tag, None, Quality.BAD, r.timestamp, reason) for r in bad(T0, "execution")
+    ]
+    events = d.ingest(readings, T0) + d.tick(T0 + 10)
+    [event] = [e for e in events if e.event == MACHINE_STATUS_CHANGED]
+    status = event.payload()["status"]
+    assert (status["from"], status["to"]) == (None, "BAD")
+    assert status["reason"] == f"the machine answers with errors: {reason}"
+    assert d.status_reason == status["reason"]
+    # One unanswered request in the same outage: it is not just answering with errors any more.
+    events = d.ingest(bad(T0 + 11, "execution"), T0 + 11)
+    assert [(f, t) for f, t, _ in status_events(events)] == [("BAD", "DISCONNECTED")]
+    assert d.status_reason == "cannot read the machine: connection refused"
+
+
+def test_the_reason_of_a_readable_machine_is_the_rule_that_decided_its_state() -> None:
+    d = deriver()
+    d.ingest(good(T0, **IDLE_VALUES), T0)
+    d.tick(T0 + 5)
+    assert (d.status, d.status_reason) == ("IDLE", "status.otherwise")
+    restored = deriver()
+    restored.restore(d.snapshot())
+    assert (restored.status, restored.status_reason) == ("IDLE", "status.otherwise")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -119,3 +121,89 @@ class Recorder:
             if r.tag == tag:
                 return r
         return None
+
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "opcua_reference"
+
+
+class ReferenceServer:
+    """node-opcua (tests/opcua_reference/server.js) in a subprocess on 127.0.0.1: an OPC UA server with
+    its own, independent Alarms & Conditions implementation."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, namespace_index: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.namespace_index = namespace_index
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}"
+
+    async def set_temperature(self, furnace: int, value: float) -> None:
+        """Write a furnace's temperature; node-opcua's limit alarm evaluates it (High above 80)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"set {furnace} {value}\n".encode())
+        await self.proc.stdin.drain()
+        async with asyncio.timeout(10):
+            while True:  # node-opcua logs to stdout too: wait for the command's own answer
+                line = (await self.proc.stdout.readline()).decode()
+                if line.startswith(("OK ", "ERROR ")) or not line:
+                    break
+        assert line.startswith("OK "), line or "the node-opcua server exited"
+
+    async def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def start_reference_server() -> ReferenceServer:
+    """Start it, or skip with the reason when node or its packages are missing (never under CI=true:
+    ``.ci/run`` installs them, so a missing one there is a failure)."""
+    node = shutil.which("node")
+    missing = None
+    if node is None:
+        missing = "node (Debian package nodejs) is not installed"
+    elif not (REFERENCE_DIR / "node_modules" / "node-opcua").is_dir():
+        missing = f"node-opcua is not installed: run `npm ci` in {REFERENCE_DIR}"
+    if missing is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the independent OPC UA server cannot start under CI: {missing}")
+        pytest.skip(missing)
+    assert node is not None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        node,
+        str(REFERENCE_DIR / "server.js"),
+        str(port),
+        cwd=REFERENCE_DIR,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                if not line:
+                    raise RuntimeError(f"node-opcua server exited with {await proc.wait()}")
+                if line.startswith("READY"):
+                    return ReferenceServer(proc, port, int(line.split()[1]))
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+
+
+@pytest.fixture(scope="session")
+async def reference_opcua() -> AsyncIterator[ReferenceServer]:
+    server = await start_reference_server()
+    yield server
+    await server.stop()

@@ -216,3 +216,36 @@ tags: {a: {node: "ns=2;i=1"}}
         "machines/test.yaml:1: opcua.url: credentials do not belong"
     )
     assert "hunter2" not in found[0]
+
+
+def test_alarms_read_conditions_by_default_and_name_their_code() -> None:
+    cfg = machine_config('opcua: {url: "opc.tcp://127.0.0.1:4840", alarms: {}}\ntags: {}\n')
+    assert cfg.alarms is not None
+    assert (cfg.alarms.event_type.text if cfg.alarms.event_type else None, cfg.alarms.code) == (
+        "i=2915",  # AlarmConditionType: OfType matches every alarm subtype
+        "ConditionName",
+    )
+    assert cfg.alarms.conditions
+    found = errors('opcua: {url: "opc.tcp://127.0.0.1:4840", alarms: {code: Message}}\ntags: {}\n')
+    assert len(found) == 1 and found[0].startswith("machines/test.yaml:1: opcua.alarms.code:")
+    assert "ConditionName" in found[0] and "AlarmIdentifier" in found[0]
+
+
+def test_plain_events_need_the_file_to_say_where_code_and_state_are() -> None:
+    found = errors(
+        """opcua:
+  url: "opc.tcp://127.0.0.1:4840"
+  alarms: {code_field: AlarmNumber}
+tags: {}
+"""
+    )
+    assert any("opcua.alarms.active_field: plain (non-condition) alarm events need both" in f for f in found)
+    assert any("opcua.alarms.event_type: required with code_field/active_field" in f for f in found)
+    cfg = machine_config(
+        """opcua:
+  url: "opc.tcp://127.0.0.1:4840"
+  alarms: {event_type: "ns=2;i=5000", code_field: AlarmNumber, active_field: IsActive}
+tags: {}
+"""
+    )
+    assert cfg.alarms is not None and not cfg.alarms.conditions

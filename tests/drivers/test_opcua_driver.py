@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+import structlog.testing
 
 from drivers.base import ConnectionState, Driver, DriverError, Quality
-from drivers.opcua.driver import OpcuaDriver, code_from_message
+from drivers.opcua.driver import OpcuaDriver
 from simulators.model import Alarm, Execution, OperationMode
 from simulators.opcua_server import OpcuaSimulator
 from tests.drivers import opcua_fixtures
@@ -18,6 +20,7 @@ opcua_sim = opcua_fixtures.opcua_sim  # session fixtures shared with other OPC-U
 opcua_pki = opcua_fixtures.opcua_pki
 
 NSU = "nsu=urn:edge-agent:simulator;s="
+CNC_ALARM_TYPE = "nsu=http://opcfoundation.org/UA/CNC;i=1006"  # OPC 40502 CncAlarmType
 
 
 def poll_yaml(url: str, extra_tags: str = "") -> str:
@@ -64,6 +67,21 @@ async def test_poll_reads_decode_with_map_and_scale(opcua_sim: OpcuaSimulator, p
         "part_count": 42,
     }
     assert all(r.quality is Quality.GOOD and r.machine_id == "lathe-01" for r in readings)
+
+
+async def test_readings_carry_the_servers_source_timestamp(opcua_sim: OpcuaSimulator) -> None:
+    # The agent's clock is stopped at 0 here: any other time can only be the server's SourceTimestamp.
+    driver = OpcuaDriver(machine_config(poll_yaml(opcua_sim.url)), clock=lambda: 0.0)
+    opcua_sim.machines["lathe-01"].part_count += 1
+    before = time.time()
+    await opcua_sim.publish("lathe-01")
+    after = time.time()
+    await driver.connect()
+    try:
+        readings = {r.tag: r for r in await driver.read()}
+    finally:
+        await driver.close()
+    assert before - 1 <= readings["part_count"].timestamp <= after + 1
 
 
 async def test_nsu_and_ns_index_address_the_same_node(opcua_sim: OpcuaSimulator) -> None:
@@ -151,7 +169,7 @@ opcua:
   url: "{opcua_sim.url}"
   publishing_interval: 20ms
   prefix: "lathe-01."
-  alarms: {{notifier: "{notifier}", source: "{NSU}{{prefix}}Alarms"}}
+  alarms: {{notifier: "{notifier}", source: "{NSU}{{prefix}}Alarms", event_type: "{CNC_ALARM_TYPE}", code: AlarmIdentifier}}
 tags: {{code: {{node: "{NSU}lathe-01.Alarms.ActiveCode"}}}}
 """
     )
@@ -160,7 +178,7 @@ tags: {{code: {{node: "{NSU}lathe-01.Alarms.ActiveCode"}}}}
     await driver.connect()
     try:
         assert await driver.subscribe(sink) is False  # poll mode: values still come from read()
-        assert driver.event_filter == "full"
+        assert driver.event_filter == "conditions"
         # Another machine's alarm on the same server comes first and must not reach this machine.
         await opcua_sim.raise_alarm("mill-07", Alarm(7, "Other machine", 100))
         await opcua_sim.raise_alarm("lathe-01", Alarm(1001, "Spindle overload", 700))
@@ -178,18 +196,58 @@ tags: {{code: {{node: "{NSU}lathe-01.Alarms.ActiveCode"}}}}
         await sink.wait_for(lambda s: len(s.alarms) >= 2)
         cleared = sink.alarms[1]
         assert (cleared.code, cleared.active) == ("1001", False)
+        assert cleared.key == raised.key is not None  # the same condition (ConditionId)
         assert len(sink.alarms) == 2  # one notice per event, not one per notifier path
     finally:
         await driver.close()
         await opcua_sim.clear_alarm("mill-07", 7)
 
 
-async def test_server_without_the_alarm_type_falls_back_to_base_events(opcua_sim: OpcuaSimulator) -> None:
+@pytest.mark.parametrize(
+    ("event_type", "why"),
+    [
+        ("nsu=urn:vendor:cnc;i=1006", "not on this server"),
+        ("i=2041", "is not a condition type"),  # BaseEventType: reading it as a condition means guessing
+    ],
+)
+async def test_an_alarm_type_that_is_no_condition_here_costs_alarms_not_data(
+    opcua_sim: OpcuaSimulator, event_type: str, why: str
+) -> None:
     cfg = machine_config(
         f"""opcua:
   url: "{opcua_sim.url}"
   publishing_interval: 20ms
-  alarms: {{event_type: "nsu=urn:vendor:cnc;i=1006"}}
+  alarms: {{event_type: "{event_type}"}}
+tags: {{code: {{node: "{NSU}mill-07.Alarms.ActiveCode"}}}}
+"""
+    )
+    driver = OpcuaDriver(cfg)
+    sink = Recorder()
+    await driver.connect()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await driver.subscribe(sink)
+        assert driver.event_filter == "none"
+        assert driver.state is ConnectionState.CONNECTED
+        assert [r.quality for r in await driver.read()] == [Quality.GOOD]
+    finally:
+        await driver.close()
+    (entry,) = [e for e in logs if e["event"] == "opcua_alarm_events_unavailable"]
+    assert entry["log_level"] == "error" and why in entry["reason"]
+
+
+async def test_plain_events_are_read_from_the_fields_the_machine_file_names(
+    opcua_sim: OpcuaSimulator,
+) -> None:
+    cfg = machine_config(
+        f"""opcua:
+  url: "{opcua_sim.url}"
+  publishing_interval: 20ms
+  alarms:
+    event_type: "{CNC_ALARM_TYPE}"
+    source: "{NSU}mill-07.Alarms"
+    code_field: AlarmIdentifier
+    active_field: "0:ActiveState/0:Id"
 tags: {{code: {{node: "{NSU}mill-07.Alarms.ActiveCode"}}}}
 """
     )
@@ -198,24 +256,16 @@ tags: {{code: {{node: "{NSU}mill-07.Alarms.ActiveCode"}}}}
     await driver.connect()
     try:
         await driver.subscribe(sink)
-        assert driver.event_filter == "base"
+        assert driver.event_filter == "plain"
         await opcua_sim.raise_alarm("mill-07", Alarm(2040, "E2040 coolant low", 300))
-        await sink.wait_for(lambda s: len(s.alarms) >= 1)
-        notice = sink.alarms[0]
-        assert (notice.code, notice.message, notice.severity, notice.active) == (
-            "E2040",
-            "E2040 coolant low",
-            300,
-            True,
-        )
+        await opcua_sim.clear_alarm("mill-07", 2040)
+        await sink.wait_for(lambda s: len(s.alarms) >= 2)
+        assert [(n.code, n.message, n.severity, n.active, n.key) for n in sink.alarms] == [
+            ("2040", "E2040 coolant low", 300, True, None),
+            ("2040", "E2040 coolant low", 300, False, None),
+        ]
     finally:
         await driver.close()
-        await opcua_sim.clear_alarm("mill-07", 2040)
-
-
-def test_fallback_code_comes_from_the_message_or_the_event_type() -> None:
-    assert code_from_message("Alarm 1001: spindle overload", "ns=2;s=X") == "1001"
-    assert code_from_message("Door open", "ns=2;s=DoorEvent") == "ns=2;s=DoorEvent"
 
 
 async def test_refused_connection_is_a_driver_error_and_reads_are_disconnected() -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from drivers.base import ConnectionState, Quality
+from drivers.base import AlarmRefresh, ConnectionState, Quality
 from drivers.opcua.driver import OpcuaDriver
 from simulators.model import Alarm, MachineState
 from simulators.opcua_server import OpcuaSimulator, start_opcua_server
@@ -32,7 +32,7 @@ opcua:
   publishing_interval: 20ms
   timeout: 1s
   prefix: "press-03."
-  alarms: {{source: "{NSU}{{prefix}}Alarms"}}
+  alarms: {{source: "{NSU}{{prefix}}Alarms", event_type: "nsu=http://opcfoundation.org/UA/CNC;i=1006", code: AlarmIdentifier}}
 tags:
   parts: {{node: "{NSU}{{prefix}}Production.PartCount"}}
   rpm: {{node: "{NSU}{{prefix}}Spindle1.ActSpeed"}}
@@ -92,19 +92,28 @@ async def test_reboot_disconnects_then_everything_resumes(rebooting_sim: OpcuaSi
 
 async def test_alarm_events_resume_for_a_poll_mode_driver(rebooting_sim: OpcuaSimulator) -> None:
     sim = rebooting_sim
+    await sim.raise_alarm("press-03", Alarm(3300, "Hydraulic pressure low", 800))
     driver = OpcuaDriver(machine_config(config_yaml(sim.url, "poll")))
     sink = Recorder()
     await driver.connect()
     try:
         assert await driver.subscribe(sink) is False
+        await sink.wait_for(lambda s: any(isinstance(x, AlarmRefresh) for x in s.samples))
+        (key,) = {n.key for n in sink.alarms}
         await sim.stop()
         assert {r.quality for r in await driver.read()} == {Quality.DISCONNECTED}
         assert driver.state is ConnectionState.DISCONNECTED
         await sim.start()
+        sink.samples.clear()
         await driver.connect()
+        # The rebooted controller still has the alarm: the refresh lists it under the same identity.
+        await sink.wait_for(lambda s: any(isinstance(x, AlarmRefresh) for x in s.samples))
+        refresh = next(x for x in sink.samples if isinstance(x, AlarmRefresh))
+        assert refresh.keys == {key}
+        assert [(n.code, n.active, n.key) for n in sink.alarms] == [("3300", True, key)]
         await sim.clear_alarm("press-03", 3300)
-        await sink.wait_for(lambda s: len(s.alarms) >= 1)
-        assert (sink.alarms[0].code, sink.alarms[0].active) == ("3300", False)
+        await sink.wait_for(lambda s: len(s.alarms) >= 2)
+        assert [(n.code, n.active, n.key) for n in sink.alarms[1:]] == [("3300", False, key)]
         assert all(r.quality is Quality.GOOD for r in await driver.read())
     finally:
         await driver.close()
