@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from agent.commands.errors import positive_int
 from agent.config.source import as_duration
 from agent.delivery.outbox import Outbox, OutboxError
 from agent.delivery.retry import CANCELLED, DEAD, DELIVERED, PENDING, STATES
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--state", choices=STATES)
     p.add_argument("--workflow")
     p.add_argument("--since", help="only newer than this, e.g. 1h, 30m, 7d")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many rows (default 50)")
     p.set_defaults(handler=_h_list)
 
     p = obs.add_parser("show", help="one delivery with its body and every attempt")
@@ -70,7 +71,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _state_args(p)
     p.add_argument("--workflow")
     p.add_argument("--since", help="e.g. 1h, 30m, 7d")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many rows (default 50)")
     p.set_defaults(handler=_h_history)
 
     ep = sub.add_parser("endpoint", help="webhook endpoints: state, re-enable after 410 Gone")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import sys
 from typing import Any
 
 from agent.commands.common import add_config_arg, config_path, load_config_or_exit
+from agent.commands.errors import CommandFailed, UsageError
+from agent.config.agent_file import state_dir_writable_problem
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -18,7 +21,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=run)
 
     r = sub.add_parser("reload", help="make the running agent re-read its configuration (like SIGHUP)")
-    add_config_arg(r)
+    add_config_arg(r, state_dir=False)
     r.set_defaults(handler=reload)
 
 
@@ -28,11 +31,23 @@ def run(args: argparse.Namespace) -> int:
     from agent.runtime import Runtime
 
     config = load_config_or_exit(args)
+    problem = state_dir_writable_problem(config.agent.state_dir)
+    if problem:
+        where = "--state-dir" if args.state_dir is not None else f"{config.agent.file}: agent.state_dir"
+        raise UsageError(f"{where}: {problem}")
     configure(config.agent.log_level, args.log_format or config.agent.log_format)
     runtime = Runtime(
         config, config_path=config_path(args), state_dir=args.state_dir, notifier=Notifier.from_env()
     )
-    return asyncio.run(runtime.serve())
+    try:
+        return asyncio.run(runtime.serve())
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise CommandFailed(
+            f"cannot listen on {config.agent.api.host}:{config.agent.api.port} (api.bind in {config.agent.file}): address in "
+            "use; another edge-agent may be running (edge-agent status), or change api.bind"
+        ) from None
 
 
 def reload(args: argparse.Namespace) -> int:

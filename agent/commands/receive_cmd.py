@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.commands.errors import port_number
+
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
@@ -16,7 +18,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="run a local webhook receiver that verifies signatures and prints each delivery",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--port", type=port_number, default=8090, help="port to listen on (default 8090)")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--secret", help="whsec_... secret to verify with (visible in ps: prefer --secret-env)"

@@ -49,7 +49,8 @@ def _operator_args(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser, command: Command) -> None:
-    add_config_arg(p)
+    # These talk to the running agent's API: a --state-dir would be accepted and silently ignored.
+    add_config_arg(p, state_dir=False)
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
     p.set_defaults(handler=lambda args: asyncio.run(run(args, command)), command_fn=command)
 

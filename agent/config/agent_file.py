@@ -62,8 +62,16 @@ def _path(section: Section, key: str, default: Path | None, base: Path) -> Path 
 def _read_agent(
     path: Path, problems: Problems, state_dir_override: Path | None
 ) -> tuple[AgentConfig | None, Any]:
+    before = len(problems.items)
     data = load_yaml(path, problems, str(path))
     if data is None:
+        if len(problems.items) == before:
+            problems.add(
+                str(path),
+                None,
+                "",
+                "the file is empty; it needs at least an agent: section (see config/agent.yaml)",
+            )
         return None, None
     base = path.parent
     top = Section(data, file=str(path), path="", problems=problems, base_dir=base)
@@ -76,6 +84,10 @@ def _read_agent(
     state_dir = _path(agent, "state_dir", state_default, base) or state_default
     if state_dir_override is not None:
         state_dir = state_dir_override
+    elif agent.has("state_dir"):
+        blocked = state_dir_blocker(state_dir)
+        if blocked:
+            agent.error("state_dir", blocked)
     machines_dir = _path(agent, "machines_dir", base / "machines", base) or base / "machines"
     workflows_dir = _path(agent, "workflows_dir", base / "workflows", base)
     agent.done()
@@ -109,6 +121,30 @@ def _read_agent(
         categories=categories,
     )
     return cfg, (top, workflows_raw)
+
+
+def state_dir_blocker(state_dir: Path) -> str | None:
+    """Why no process could ever use ``state_dir`` (a file is in the way), or ``None``."""
+    for p in (state_dir, *state_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == state_dir else f"cannot be created: {p} is a file"
+                return f"state directory {state_dir} {what}, not a directory"
+            return None
+    return None
+
+
+def state_dir_writable_problem(state_dir: Path) -> str | None:
+    """Why *this* user could not create or write ``state_dir`` (``run`` and ``check-config``)."""
+    blocked = state_dir_blocker(state_dir)
+    if blocked:
+        return blocked
+    existing = next(p for p in (state_dir, *state_dir.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == state_dir:
+            return f"state directory {state_dir} is not writable by this user (uid {os.getuid()})"
+        return f"state directory {state_dir} cannot be created: {existing} is not writable by this user"
+    return None
 
 
 def load_agent_config(path: Path, state_dir: Path | None = None) -> AgentConfig:

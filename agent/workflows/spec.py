@@ -396,9 +396,10 @@ def load_workflows(
             if display_root is not None:
                 with contextlib.suppress(ValueError):
                     shown = str(path.relative_to(display_root))
+            before = len(problems.items)
             data = load_yaml(path, problems, shown)
             if data is None:
-                if path.stat().st_size == 0:
+                if len(problems.items) == before:  # no syntax error: nothing but comments, or `~`
                     problems.add(shown, None, "", "file is empty")
                 continue
             sections.append(

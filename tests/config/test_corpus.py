@@ -85,6 +85,12 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "agent/unknown-key.yaml": ["config/agent.yaml:4: log.levle: unknown key; known keys here: format, level"],
     "agent/bad-bind.yaml": ["config/agent.yaml:5: api.bind: port must be 1-65535, got 87870"],
+    "agent/empty.yaml": [
+        "config/agent.yaml: the file is empty; it needs at least an agent: section (see config/agent.yaml)"
+    ],
+    "machines/latin1.yaml": [
+        "config/machines/latin1.yaml:3: not UTF-8 text (byte 0xe4 at column 24); save the file as UTF-8"
+    ],
 }
 
 
