@@ -173,6 +173,7 @@ def collect_config(
     machine_ids: set[str] | None = None
     groups: set[str] | None = None
     if agent.machines_dir.is_dir():
+        before = len(problems.items)
         machines = load_machines(
             agent.machines_dir,
             problems,
@@ -180,8 +181,11 @@ def collect_config(
             categories=agent.categories,
             base_dir=root,
         )
-        machine_ids = {m.id for m in machines}
-        groups = {m.group for m in machines if m.group}
+        # One mistake, one error: a machine file that failed may be the one defining the id or
+        # group a workflow scopes to, so scopes are checked only when every machine file loaded.
+        if len(problems.items) == before:
+            machine_ids = {m.id for m in machines}
+            groups = {m.group for m in machines if m.group}
     else:
         # Named at the agent.yaml key that chose the folder. Workflow scopes are then not checked
         # against machines: every one of them would be reported as unknown, burying the real error.

@@ -16,7 +16,10 @@ def test_docs_cli_md_is_what_make_docs_generates() -> None:
 
 def test_every_command_has_its_section_with_its_real_help() -> None:
     doc = DOC.read_text(encoding="utf-8")
-    for argv, title in ((["secret", "generate"], "### secret generate"), (["outbox", "purge"], "### outbox purge")):
+    for argv, title in (
+        (["secret", "generate"], "### secret generate"),
+        (["outbox", "purge"], "### outbox purge"),
+    ):
         result = edge_agent(*argv, "--help")
         section = doc.split(title + "\n", 1)[1].split("\n#", 1)[0]
         first_usage_line = result.stdout.splitlines()[0].split("[", 1)[0]
