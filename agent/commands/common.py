@@ -65,3 +65,17 @@ def load_config_or_exit(args: argparse.Namespace, *, with_workflows: bool = True
         _report([str(p) for p in problems.items])
         raise ConfigExit(EXIT_CONFIG)
     return config
+
+
+def table(rows: list[list[str]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows as lines whose columns line up however long a name is (columns in ``right`` align right)."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]

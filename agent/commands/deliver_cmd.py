@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from agent.commands.common import table
 from agent.commands.errors import positive_int
 from agent.config.source import as_duration
 from agent.delivery.outbox import Outbox, OutboxError
@@ -180,13 +181,11 @@ def outbox_list(
         if not page.items:
             _o(out).write("no deliveries match\n")
             return 0
-        _o(out).write(f"{'ID':>8}  {'STATE':<10} {'TRY':>3}  {'CREATED':<20}  {'WORKFLOW#ACTION':<28} LAST\n")
+        rows = [["ID", "STATE", "TRY", "CREATED", "WORKFLOW#ACTION", "LAST"]]
         for d in page.items:
             last = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "")
-            _o(out).write(
-                f"{d.id:>8}  {d.state:<10} {d.attempts:>3}  {_when(d.created_at):<20}  "
-                f"{d.endpoint:<28} {last}\n"
-            )
+            rows.append([str(d.id), d.state, str(d.attempts), _when(d.created_at), d.endpoint, last])
+        _o(out).writelines(line + "\n" for line in table(rows, right=frozenset({0, 2})))
         if page.next_cursor is not None:
             _o(out).write(f"(more: showing the newest {limit}; use --limit or --since)\n")
         return 0
@@ -394,15 +393,13 @@ def history(
         if not page.items:
             _o(out).write("no executions match\n")
             return 0
-        _o(out).write(f"{'WHEN':<20}  {'WORKFLOW':<24} {'EVENT':<24} {'MACHINE':<12} RESULT\n")
+        rows = [["WHEN", "WORKFLOW", "EVENT", "MACHINE", "RESULT"]]
         for e in page.items:
             result = ", ".join(f"{n} {s}" for s, n in e.states.items())
             if e.last_error and ("dead" in e.states or "pending" in e.states):
                 result += f" ({e.last_error})"
-            _o(out).write(
-                f"{_when(e.created_at):<20}  {e.workflow:<24} {e.event_type:<24} "
-                f"{e.machine_id or '-':<12} {result}\n"
-            )
+            rows.append([_when(e.created_at), e.workflow, e.event_type, e.machine_id or "-", result])
+        _o(out).writelines(line + "\n" for line in table(rows))
         return 0
 
     return _run(state_dir, config, out, body)
@@ -413,10 +410,13 @@ def endpoint_list(state_dir: Path, *, config: OutboxConfig | None = None, out: T
         rows = await box.endpoint_summary()
         if not rows:
             _o(out).write("no endpoints in the outbox yet\n")
+            return 0
+        lines = [["URL", "STATE", "DELIVERIES"]]
         for e in rows:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(e.counts.items())) or "no deliveries"
             flag = f"DISABLED ({e.disabled_reason})" if e.disabled_reason else "enabled"
-            _o(out).write(f"{e.url}  {flag}  {counts}\n")
+            lines.append([e.url, flag, counts])
+        _o(out).writelines(line + "\n" for line in table(lines))
         return 0
 
     return _run(state_dir, config, out, body)

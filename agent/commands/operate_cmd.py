@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     r = sub.add_parser("reload", help="make the running agent re-read its configuration (like SIGHUP)")
     add_config_arg(r, state_dir=False)
+    r.add_argument("--json", action="store_true", help="print the API's JSON answer")
     r.set_defaults(handler=reload)
 
 
@@ -71,5 +72,20 @@ def reload(args: argparse.Namespace) -> int:
         for line in result.get("errors", []):
             print(f"  {line}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in result.items() if k != "ok"}, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(reload_summary(result))
     return 0
+
+
+def reload_summary(result: dict[str, Any]) -> str:
+    """``reloaded: 1 machine added (mill-03), 1 changed (lathe-02); 7 workflows``."""
+    parts: list[str] = []
+    for key in ("added", "removed", "changed"):
+        ids = [str(i) for i in result.get(key) or []]
+        if ids:
+            noun = "machine" if len(ids) == 1 and not parts else "machines" if not parts else ""
+            parts.append(f"{len(ids)} {noun + ' ' if noun else ''}{key} ({', '.join(ids)})")
+    machines = ", ".join(parts) if parts else "machines unchanged"
+    return f"reloaded: {machines}; {result.get('workflows', 0)} workflows"

@@ -58,7 +58,7 @@ def test_list_shows_counts_and_rows(state: Path) -> None:
     assert "pending 2  in flight 0  delivered 1  dead 1" in text
     assert "HTTP 500" in text and "wf#0" in text and "other#0" in text
     code, text = run(deliver_cmd.outbox_list, state, state="dead")
-    assert text.count("\n") == 3 and "     2  dead" in text
+    assert text.count("\n") == 3 and text.splitlines()[2].split()[:3] == ["2", "dead", "8"]
     code, text = run(deliver_cmd.outbox_list, state, workflow="nobody")
     assert "no deliveries match" in text
 
@@ -190,3 +190,34 @@ def test_commands_through_the_cli_with_agent_yaml(state: Path, capsys: pytest.Ca
     assert capsys.readouterr().out.startswith("whsec_")
     assert main(["receive", "--secret", "whsec_bad!", "--port", "0"]) == 2
     assert "receive: secret is not whsec_" in capsys.readouterr().err
+
+
+def test_columns_line_up_with_long_names(tmp_path: Path) -> None:
+    async def go() -> None:
+        box = await Outbox.open(tmp_path / OUTBOX_FILE, OutboxConfig())
+        await box.enqueue(
+            [
+                delivery(0, endpoint_key="short#0", url="http://127.0.0.1:9/a"),
+                delivery(
+                    1,
+                    endpoint_key="a-much-longer-workflow-name-than-the-header#0",
+                    url="http://127.0.0.1:9/" + "b" * 60,
+                ),
+            ]
+        )
+        await box.close()
+
+    asyncio.run(go())
+    # The column after the long one starts at the same place in the header and in every row.
+    for fn, column, value in (
+        (deliver_cmd.outbox_list, "WORKFLOW#ACTION", "#0"),
+        (deliver_cmd.endpoint_list, "STATE", "enabled"),
+        (deliver_cmd.history, "EVENT", "downtime_started"),
+    ):
+        lines = [line for line in run(fn, tmp_path)[1].splitlines() if not line.startswith("pending ")]
+        at = lines[0].index(column)
+        for row in lines[1:]:
+            if value == "#0":
+                assert row[at:].split()[0].endswith("#0"), lines
+            else:
+                assert row[at:].startswith(value), lines
