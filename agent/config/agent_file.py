@@ -177,7 +177,7 @@ def collect_config(
         machines = load_machines(
             agent.machines_dir,
             problems,
-            display_root=root.parent,
+            display_root=None,  # paths print as given: relative when agent.yaml's path is
             categories=agent.categories,
             base_dir=root,
         )
@@ -207,7 +207,7 @@ def collect_config(
         inline=top.sections("workflows") if inline is not None else [],
         delivery=agent.delivery,
         problems=problems,
-        display_root=root.parent,
+        display_root=None,  # paths print as given: relative when agent.yaml's path is
         machine_ids=machine_ids,
         groups=groups,
         categories=agent.categories,

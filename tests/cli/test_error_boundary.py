@@ -158,3 +158,15 @@ def test_debug_is_accepted_before_or_after_the_command(capsys: pytest.CaptureFix
     assert parser.parse_args(["--debug", "secret", "generate"]).debug is True
     assert parser.parse_args(["secret", "generate", "--debug"]).debug is True
     assert parser.parse_args(["secret", "generate"]).debug is False
+
+
+def test_paths_in_errors_are_printed_as_given(tmp_path: Path) -> None:
+    folder = tmp_path / "plant" / "edge"
+    folder.mkdir(parents=True)
+    minimal_config(folder, 8787)
+    (folder / "machines" / "mill-01.yaml").write_text("id: mill-01\ncolour: red\n")
+    relative = edge_agent("check-config", "edge", cwd=tmp_path / "plant")
+    assert relative.stdout.splitlines()[0].startswith("edge/machines/mill-01.yaml:")
+    absolute = edge_agent("check-config", str(folder), cwd=tmp_path)
+    assert absolute.stdout.splitlines()[0].startswith(f"{folder}/machines/mill-01.yaml:")
+    assert absolute.stdout.splitlines()[-1].startswith(f"{folder}/agent.yaml: ")
