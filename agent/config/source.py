@@ -313,6 +313,7 @@ class Section:
         self.data: Mapping[str, Any] = data
         self._key_lines: dict[str, int] = getattr(data, "key_lines", {})
         self._used: set[str] = set()
+        self._reported: set[str] = set()
 
     # -- locating
 
@@ -393,6 +394,13 @@ class Section:
                 self.problems.add(self.file, self.line, self.key_path(key), "required key is missing")
             return []
         if not isinstance(value, list):
+            if isinstance(value, str) and "," in value:
+                # `downtime_categories: Setup, Tooling` would be one category named "Setup, Tooling".
+                items = ", ".join(part.strip() for part in value.split(","))
+                if key not in self._reported:  # readers may ask for a list twice; one error
+                    self._reported.add(key)
+                    self.error(key, f"one value with commas; for a list write [{items}]")
+                return []
             value = [value]
         lines: list[int] = getattr(value, "item_lines", [])
         out = []

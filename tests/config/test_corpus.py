@@ -194,4 +194,3 @@ def test_a_broken_machine_file_is_one_error_not_also_every_scope_naming_its_grou
     problems = problems_of(folder)
     assert len(problems) == 1, problems
     assert problems[0].startswith("config/machines/mill-01.yaml:8: modbus.unit:"), problems
-

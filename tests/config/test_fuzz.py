@@ -124,3 +124,24 @@ def test_values_yaml_parses_but_cannot_build_are_messages_not_tracebacks() -> No
         code, out = check({}, agent_yaml=text)
         assert_rejected_with_a_message(code, out)
         assert message in out
+
+
+def test_a_single_value_with_commas_is_one_error_not_a_strange_name() -> None:
+    agent = b"agent: {name: x}\ndowntime_categories: Setup, Tooling\n"
+    workflow = b"name: w\nscope:\n  groups: Milling, Turning\ntrigger: {type: manual}\n"
+    code, out = check(
+        {"machines/.keep": b"", "workflows/w.yaml": workflow + b"actions: []\n"}, agent_yaml=agent
+    )
+    assert code == 2
+    lines = out.splitlines()
+    assert any(
+        line.endswith("downtime_categories: one value with commas; for a list write [Setup, Tooling]")
+        for line in lines
+    )
+    assert (
+        sum(
+            "scope.groups: one value with commas; for a list write [Milling, Turning]" in line
+            for line in lines
+        )
+        == 1
+    )
