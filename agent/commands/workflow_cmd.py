@@ -75,8 +75,8 @@ async def run(args: argparse.Namespace, command: Command, out: TextIO | None = N
         if exc.status == 401:
             token = config.api.token.source if config.api.token is not None else "no token"
             where += (
-                f"; this command sent the token from {token} (api: in {config.file}): it must be the "
-                "file the running agent reads"
+                f"; this command sent the token from {token} (api: in {config.file}); it must be the "
+                "token the running agent reads (same file, variable or value)"
             )
         print(f"error: {exc.message}{where}", file=sys.stderr)
         return EXIT_INPUT if 400 <= exc.status < 500 and exc.status != 401 else EXIT_FAILED
