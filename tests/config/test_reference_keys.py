@@ -4,7 +4,7 @@ The parsers say which keys they know: an unknown key gets "unknown key; known ke
 So each documented table is checked by putting a probe key at its place in an otherwise valid file
 and comparing the parser's list with the keys in the table's first column. A key added to a parser
 without a row (or a row left for a removed key) fails here. To cover a new section, add its heading
-and its place to ``PLACES``.
+and its place to ``PLACES``. The trigger table (one row per ``type``) is checked the same way per type.
 """
 
 from __future__ import annotations
@@ -141,3 +141,52 @@ def test_documented_keys_are_the_keys_the_parser_reads(tmp_path: Path, heading: 
         parsed |= parser_keys(tmp_path / str(n), file_kind, path)
     assert parsed - documented == set(), f"{heading}: read by the parser but not documented"
     assert documented - parsed == set(), f"{heading}: documented but not read by the parser"
+
+
+def documented_trigger_keys() -> dict[str, set[str]]:
+    """``### Triggers``: trigger type -> the keys its row names (``key:`` or ``key,`` in backticks)."""
+    section = DOC.read_text(encoding="utf-8").split("### Triggers\n", 1)[1].split("\n#", 1)[0]
+    rows: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = line.split("|")
+        match = re.fullmatch(r"\s*`([a-z_]+)`\s*", cells[1]) if len(cells) > 3 else None
+        if match is None or match.group(1) == "type":
+            continue
+        keys_cell = cells[2]
+        same = re.search(r"same filters as `([a-z_]+)`", keys_cell)
+        rows[match.group(1)] = (
+            rows[same.group(1)] if same else set(re.findall(r"`([a-z_]+)`(?=[:,])", keys_cell))
+        )
+    return rows
+
+
+TRIGGER_REQUIRED: dict[str, dict[str, str]] = {
+    "downtime_exceeded": {"after": "1m"},
+    "scheduled": {"cron": "0 1 * * *"},
+}
+
+
+def test_every_trigger_type_has_a_row() -> None:
+    from agent.workflows.spec import TRIGGER_TYPES
+
+    assert set(documented_trigger_keys()) == set(TRIGGER_TYPES)
+
+
+@pytest.mark.parametrize("trigger_type", sorted(documented_trigger_keys()))
+def test_documented_trigger_keys_are_the_keys_the_parser_reads(tmp_path: Path, trigger_type: str) -> None:
+    workflow = yaml.safe_load(yaml.safe_dump(WORKFLOW))
+    workflow["trigger"] = {"type": trigger_type, **TRIGGER_REQUIRED.get(trigger_type, {})}
+    parsed = parser_keys_for_workflow(tmp_path, workflow)
+    assert parsed - {"type"} == documented_trigger_keys()[trigger_type]
+
+
+def parser_keys_for_workflow(tmp_path: Path, workflow: dict[str, Any]) -> set[str]:
+    workflow["trigger"][PROBE] = 1
+    (tmp_path / "machines").mkdir()
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(AGENT))
+    (tmp_path / "workflows" / "w.yaml").write_text(yaml.safe_dump(workflow))
+    _, problems = collect_config(tmp_path / "agent.yaml", tmp_path / "state")
+    (found,) = [p for p in problems.items if p.path.endswith(PROBE)] or [None]
+    assert found is not None and len(problems.items) == 1, [str(p) for p in problems.items]
+    return set(found.message.partition("known keys here: ")[2].split(", "))
