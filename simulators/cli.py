@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -22,11 +23,24 @@ from simulators.scenario import builtin_scenarios, load_scenario
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0 meaning "any free one" (the kernel picks)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0..65535)")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--machines", type=int, default=1, help="how many machines, sim-01.. (default 1)")
     parser.add_argument("--protocol", choices=("modbus", "opcua", "both"), default="both")
-    parser.add_argument("--modbus-port", type=int, default=5020, help="Modbus TCP port, 0 = any free one")
-    parser.add_argument("--opcua-port", type=int, default=4840, help="OPC-UA port, 0 = any free one")
+    parser.add_argument(
+        "--modbus-port", type=port_number, default=5020, help="Modbus TCP port, 0 = any free one"
+    )
+    parser.add_argument("--opcua-port", type=port_number, default=4840, help="OPC-UA port, 0 = any free one")
     parser.add_argument(
         "--scenario",
         default="demo",
@@ -50,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulators", description="Simulated CNC machines.")
     add_arguments(parser)
     try:
-        return run(parser.parse_args(argv))
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error (or --help)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return run(args)
     except KeyboardInterrupt:
         return 130
 
@@ -94,8 +112,12 @@ async def serve(config: FleetConfig, *, duration: float = 0.0) -> int:
     try:
         try:
             await fleet.start()
-        except OSError as exc:
-            print(f"simulate: cannot serve: {exc.strerror or exc}", file=sys.stderr)
+        except (OSError, RuntimeError) as exc:  # pymodbus reports a busy port as RuntimeError
+            busy = busy_ports(config)
+            if busy:
+                print(f"simulate: {'; '.join(busy)}", file=sys.stderr)
+            else:
+                print(f"simulate: cannot serve: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return EXIT_FAIL
         print(describe(fleet), flush=True)
         with contextlib.suppress(TimeoutError):  # --duration ran out
@@ -106,6 +128,27 @@ async def serve(config: FleetConfig, *, duration: float = 0.0) -> int:
         await fleet.stop()
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+def busy_ports(config: FleetConfig) -> list[str]:
+    """Which requested ports cannot be bound, each named with the option that chose it."""
+    wanted: list[tuple[str, int]] = []
+    if config.protocol in ("modbus", "both") and config.modbus_port:
+        wanted += [("--modbus-port", config.modbus_port + k) for k in range(config.modbus_servers)]
+    if config.protocol in ("opcua", "both") and config.opcua_port:
+        wanted.append(("--opcua-port", config.opcua_port))
+    out = []
+    for flag, port in wanted:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((config.host, port))
+            except OSError as exc:
+                out.append(
+                    f"{config.host}:{port} ({flag}) is not free ({exc.strerror}): another simulator may "
+                    f"be running; stop it or pick another port ({flag} 0 takes any free one)"
+                )
+    return out
 
 
 def describe(fleet: Fleet) -> str:

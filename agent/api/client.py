@@ -172,6 +172,9 @@ class ApiClient:
         result: dict[str, Any] = await self._call("GET", f"/api/v1/machines/{quote(machine_id, safe='')}")
         return result
 
+    async def downtimes(self, state: str = "open") -> list[dict[str, Any]]:
+        return await self._all("/api/v1/downtimes", {"state": state})
+
     async def executions(
         self, workflow: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> dict[str, Any]:

@@ -22,7 +22,8 @@ def default_config_path() -> Path:
     return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else LOCAL_CONFIG
 
 
-def add_config_arg(parser: argparse.ArgumentParser) -> None:
+def add_config_arg(parser: argparse.ArgumentParser, *, state_dir: bool = True) -> None:
+    """``-c/--config``, and ``--state-dir`` for commands that use the state directory themselves."""
     parser.add_argument(
         "-c",
         "--config",
@@ -30,7 +31,8 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"agent.yaml (default: $EDGE_AGENT_CONFIG, {SYSTEM_CONFIG} if present, else {LOCAL_CONFIG})",
     )
-    parser.add_argument("--state-dir", type=Path, default=None, help="override agent.state_dir")
+    if state_dir:
+        parser.add_argument("--state-dir", type=Path, default=None, help="override agent.state_dir")
 
 
 def config_path(args: argparse.Namespace) -> Path:
@@ -63,3 +65,17 @@ def load_config_or_exit(args: argparse.Namespace, *, with_workflows: bool = True
         _report([str(p) for p in problems.items])
         raise ConfigExit(EXIT_CONFIG)
     return config
+
+
+def table(rows: list[list[str]], right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows as lines whose columns line up however long a name is (columns in ``right`` align right)."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from agent.commands.common import table
+from agent.commands.errors import positive_int
 from agent.config.source import as_duration
 from agent.delivery.outbox import Outbox, OutboxError
 from agent.delivery.retry import CANCELLED, DEAD, DELIVERED, PENDING, STATES
@@ -39,7 +41,7 @@ def _register_outbox(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--state", choices=STATES)
     p.add_argument("--workflow")
     p.add_argument("--since", help="only newer than this, e.g. 1h, 30m, 7d")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many rows (default 50)")
     p.set_defaults(handler=_h_list)
 
     p = obs.add_parser("show", help="one delivery with its body and every attempt")
@@ -51,6 +53,7 @@ def _register_outbox(sub: argparse._SubParsersAction[Any]) -> None:
     _state_args(p)
     p.add_argument("id", type=int, nargs="?")
     p.add_argument("--dead", action="store_true", help="retry every dead delivery")
+    p.add_argument("--force", action="store_true", help="also re-send a delivery that was already delivered")
     p.set_defaults(handler=_h_retry)
 
     p = obs.add_parser("cancel", help="stop trying a pending or dead delivery")
@@ -66,8 +69,10 @@ def _register_outbox(sub: argparse._SubParsersAction[Any]) -> None:
         choices=[PENDING, DELIVERED, DEAD, CANCELLED],
         help="only these states (repeatable); pending must be named explicitly",
     )
-    p.add_argument("--endpoint", help="only this endpoint key (workflow#index)")
+    p.add_argument("--endpoint", help="only this endpoint: its URL, or its key workflow#index")
     p.add_argument("--older-than", help="only rows last changed longer ago than this, e.g. 7d")
+    p.add_argument("--dry-run", action="store_true", help="only say how many would be deleted")
+    p.add_argument("--yes", action="store_true", help="do not ask (needed when not on a terminal)")
     p.set_defaults(handler=_h_purge)
 
 
@@ -76,7 +81,7 @@ def _register_history(sub: argparse._SubParsersAction[Any]) -> None:
     _state_args(p)
     p.add_argument("--workflow")
     p.add_argument("--since", help="e.g. 1h, 30m, 7d")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50, help="at most this many rows (default 50)")
     p.set_defaults(handler=_h_history)
 
 
@@ -88,7 +93,7 @@ def _register_endpoint(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=_h_endpoint_list)
     p = eps.add_parser("enable", help="re-enable an endpoint disabled after 410 Gone")
     _state_args(p)
-    p.add_argument("url")
+    p.add_argument("url", metavar="ENDPOINT", help="its URL, or its key workflow#index")
     p.set_defaults(handler=_h_endpoint_enable)
 
 
@@ -173,13 +178,11 @@ def outbox_list(
         if not page.items:
             _o(out).write("no deliveries match\n")
             return 0
-        _o(out).write(f"{'ID':>8}  {'STATE':<10} {'TRY':>3}  {'CREATED':<20}  {'WORKFLOW#ACTION':<28} LAST\n")
+        rows = [["ID", "STATE", "TRY", "CREATED", "WORKFLOW#ACTION", "LAST"]]
         for d in page.items:
             last = d.last_error or (f"HTTP {d.last_status}" if d.last_status else "")
-            _o(out).write(
-                f"{d.id:>8}  {d.state:<10} {d.attempts:>3}  {_when(d.created_at):<20}  "
-                f"{d.endpoint:<28} {last}\n"
-            )
+            rows.append([str(d.id), d.state, str(d.attempts), _when(d.created_at), d.endpoint, last])
+        _o(out).writelines(line + "\n" for line in table(rows, right=frozenset({0, 2})))
         if page.next_cursor is not None:
             _o(out).write(f"(more: showing the newest {limit}; use --limit or --since)\n")
         return 0
@@ -235,6 +238,7 @@ def outbox_retry(
     delivery_id: int | None = None,
     *,
     dead: bool = False,
+    force: bool = False,
     config: OutboxConfig | None = None,
     out: TextIO | None = None,
 ) -> int:
@@ -248,6 +252,17 @@ def outbox_retry(
             _o(out).write(f"{n} dead deliveries queued again\n")
             return 0
         assert delivery_id is not None
+        detail = await box.get(delivery_id)
+        if detail is None:
+            print(f"no delivery {delivery_id} (edge-agent outbox list shows the ids)", file=sys.stderr)
+            return 1
+        if detail.summary.state == DELIVERED and not force:
+            print(
+                f"delivery {delivery_id} was already delivered; sending it again makes the receiver see "
+                "it twice: add --force to do it anyway",
+                file=sys.stderr,
+            )
+            return 2
         if await box.retry(delivery_id):
             _o(out).write(f"delivery {delivery_id} queued again\n")
             return 0
@@ -276,23 +291,89 @@ def outbox_purge(
     states: list[str] | None = None,
     endpoint: str | None = None,
     older_than: str | None = None,
+    dry_run: bool = False,
+    yes: bool = False,
+    confirm: Callable[[str], bool] | None = None,
     config: OutboxConfig | None = None,
     out: TextIO | None = None,
 ) -> int:
+    """Delete finished rows; counts first, and asks on a terminal unless ``yes`` (``--yes``)."""
     try:
         older = as_duration(older_than) if older_than is not None else None
     except ValueError as exc:
         print(f"--older-than: {exc}", file=sys.stderr)
         return 2
+    chosen = tuple(states or (DELIVERED, DEAD, CANCELLED))
+    ask = confirm if confirm is not None else (_ask_terminal if sys.stdin.isatty() else None)
 
     async def body(box: Outbox) -> int:
-        n = await box.purge(
-            tuple(states or (DELIVERED, DEAD, CANCELLED)), endpoint=endpoint, older_than=older
-        )
-        _o(out).write(f"{n} deliveries purged\n")
+        keys = await _endpoint_keys(box, endpoint) if endpoint is not None else [None]
+        if not keys:
+            print(
+                f"--endpoint: no endpoint {endpoint!r} in the outbox ({await _known(box)})", file=sys.stderr
+            )
+            return 2
+        cutoff = None if older is None else box.clock() - older
+        n = sum([await _count(box, state, key, cutoff) for state in chosen for key in keys])
+        what = f"{n} deliveries ({', '.join(chosen)}" + (f", endpoint {endpoint}" if endpoint else "")
+        what += f", unchanged for {older_than})" if older_than else ")"
+        if dry_run or n == 0:
+            _o(out).write(f"would delete {what}\n" if dry_run else "no deliveries match; nothing deleted\n")
+            return 0
+        if not yes:
+            if ask is None:
+                print(
+                    f"would delete {what}; add --yes to do it (or --dry-run to only count)", file=sys.stderr
+                )
+                return 2
+            if not ask(f"delete {what}? [y/N] "):
+                _o(out).write("nothing deleted\n")
+                return 1
+        deleted = 0
+        for key in keys:
+            deleted += await box.purge(chosen, endpoint=key, older_than=older)
+        _o(out).write(f"{deleted} deliveries purged\n")
         return 0
 
     return _run(state_dir, config, out, body)
+
+
+def _ask_terminal(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+async def _count(box: Outbox, state: str, endpoint: str | None, cutoff: float | None) -> int:
+    """Rows ``purge`` would delete, read through the outbox's own paging (no SQL of ours)."""
+    n, cursor = 0, None
+    while True:
+        page = await box.list(state=state, endpoint=endpoint, limit=1000, cursor=cursor)
+        n += sum(1 for d in page.items if cutoff is None or d.updated_at < cutoff)
+        if page.next_cursor is None:
+            return n
+        cursor = page.next_cursor
+
+
+async def _endpoint_keys(box: Outbox, name: str) -> list[str]:
+    """An endpoint named by URL (as ``endpoint list`` shows it) or by key ``workflow#index``."""
+    if "://" not in name:
+        page = await box.list(endpoint=name, limit=1)
+        return [name] if page.items else []
+    keys: set[str] = set()
+    cursor = None
+    while True:
+        page = await box.list(limit=1000, cursor=cursor)
+        keys.update(d.endpoint for d in page.items if d.url == name)
+        if page.next_cursor is None:
+            return sorted(keys)
+        cursor = page.next_cursor
+
+
+async def _known(box: Outbox) -> str:
+    urls = [e.url for e in await box.endpoint_summary()]
+    return "known: " + ", ".join(urls) if urls else "the outbox has no endpoints yet"
 
 
 def history(
@@ -309,15 +390,13 @@ def history(
         if not page.items:
             _o(out).write("no executions match\n")
             return 0
-        _o(out).write(f"{'WHEN':<20}  {'WORKFLOW':<24} {'EVENT':<24} {'MACHINE':<12} RESULT\n")
+        rows = [["WHEN", "WORKFLOW", "EVENT", "MACHINE", "RESULT"]]
         for e in page.items:
             result = ", ".join(f"{n} {s}" for s, n in e.states.items())
             if e.last_error and ("dead" in e.states or "pending" in e.states):
                 result += f" ({e.last_error})"
-            _o(out).write(
-                f"{_when(e.created_at):<20}  {e.workflow:<24} {e.event_type:<24} "
-                f"{e.machine_id or '-':<12} {result}\n"
-            )
+            rows.append([_when(e.created_at), e.workflow, e.event_type, e.machine_id or "-", result])
+        _o(out).writelines(line + "\n" for line in table(rows))
         return 0
 
     return _run(state_dir, config, out, body)
@@ -328,10 +407,13 @@ def endpoint_list(state_dir: Path, *, config: OutboxConfig | None = None, out: T
         rows = await box.endpoint_summary()
         if not rows:
             _o(out).write("no endpoints in the outbox yet\n")
+            return 0
+        lines = [["URL", "STATE", "DELIVERIES"]]
         for e in rows:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(e.counts.items())) or "no deliveries"
             flag = f"DISABLED ({e.disabled_reason})" if e.disabled_reason else "enabled"
-            _o(out).write(f"{e.url}  {flag}  {counts}\n")
+            lines.append([e.url, flag, counts])
+        _o(out).writelines(line + "\n" for line in table(lines))
         return 0
 
     return _run(state_dir, config, out, body)
@@ -341,10 +423,21 @@ def endpoint_enable(
     state_dir: Path, url: str, *, config: OutboxConfig | None = None, out: TextIO | None = None
 ) -> int:
     async def body(box: Outbox) -> int:
-        if await box.enable_endpoint(url):
-            _o(out).write(f"{url} enabled; a running agent resumes it within a minute\n")
+        target = url
+        if "://" not in url:  # a key workflow#index names the URL its rows were sent to
+            page = await box.list(endpoint=url, limit=1)
+            if not page.items:
+                print(f"no endpoint {url!r} in the outbox ({await _known(box)})", file=sys.stderr)
+                return 2
+            target = page.items[0].url
+        if await box.enable_endpoint(target):
+            _o(out).write(f"{target} enabled; a running agent resumes it within a minute\n")
             return 0
-        print(f"{url} is not disabled", file=sys.stderr)
+        known = {e.url: e for e in await box.endpoint_summary()}
+        if target not in known:
+            print(f"no endpoint {target!r} in the outbox ({await _known(box)})", file=sys.stderr)
+            return 2
+        print(f"{target} is not disabled; nothing to do", file=sys.stderr)
         return 1
 
     return _run(state_dir, config, out, body)
@@ -369,7 +462,7 @@ def _h_show(args: argparse.Namespace) -> int:
 
 
 def _h_retry(args: argparse.Namespace) -> int:
-    return _with_state(args, outbox_retry, args.id, dead=args.dead)
+    return _with_state(args, outbox_retry, args.id, dead=args.dead, force=args.force)
 
 
 def _h_cancel(args: argparse.Namespace) -> int:
@@ -378,7 +471,13 @@ def _h_cancel(args: argparse.Namespace) -> int:
 
 def _h_purge(args: argparse.Namespace) -> int:
     return _with_state(
-        args, outbox_purge, states=args.state, endpoint=args.endpoint, older_than=args.older_than
+        args,
+        outbox_purge,
+        states=args.state,
+        endpoint=args.endpoint,
+        older_than=args.older_than,
+        dry_run=args.dry_run,
+        yes=args.yes,
     )
 
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -24,6 +23,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
 
 DEMO_WORKFLOWS = {
     "demo-minute-sync.yaml": """\
@@ -56,6 +58,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--config-dir", type=Path, default=Path("config"), help="the config to demonstrate")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, outbox)")
     p.add_argument("--quiet", action="store_true", help="print only the summary, not every delivery")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line (for scripts)")
     p.set_defaults(handler=run)
 
 
@@ -66,34 +69,84 @@ def free_port() -> int:
 
 
 def prepare(config_dir: Path, root: Path, ports: dict[str, int], secret: str, token: str) -> dict[str, str]:
-    """Copy the config, point it at the demo's ports and state dir, add demo workflows; returns env."""
+    """Copy the config and point it at the demo's ports and state dir; returns the secrets' env.
+
+    The ports are set on the parsed YAML (every machine's ``modbus``/``opcua`` address, every
+    webhook URL, ``api.bind``), never by replacing text: whatever ports a user's files name, the
+    demo's agent talks to the demo's simulators and receiver, on the ports the banner shows.
+    """
     target = root / "config"
     shutil.copytree(config_dir, target, ignore=shutil.ignore_patterns("secrets"))
-    replacements = {
-        "127.0.0.1:5020": f"127.0.0.1:{ports['modbus']}",
-        "port: 5020": f"port: {ports['modbus']}",
-        "127.0.0.1:4840": f"127.0.0.1:{ports['opcua']}",
-        "127.0.0.1:8090": f"127.0.0.1:{ports['receiver']}",
-        "127.0.0.1:8787": f"127.0.0.1:{ports['api']}",
-        # The demo scenario stops for about 40 s at a time: count those stops as downtime.
-        "micro_stop: 2m": "micro_stop: 15s",
-    }
     (target / "workflows").mkdir(exist_ok=True)
     for name, text in DEMO_WORKFLOWS.items():
         (target / "workflows" / name).write_text(text)
-    env_names: set[str] = {"DEMO_WEBHOOK_SECRET"}
-    for path in target.rglob("*.y*ml"):
-        text = path.read_text()
-        for old, new in replacements.items():
-            text = text.replace(old, new)
-        if path == target / "agent.yaml":
-            text = re.sub(r"(?m)^(\s*state_dir:).*$", rf"\1 {root / 'state'}", text)
-        env_names.update(re.findall(r"secret_env:\s*([A-Za-z_][A-Za-z0-9_]*)", text))
-        path.write_text(text)
+    env_names: set[str] = set()
+    agent_file = target / "agent.yaml"
+    agent = _load(agent_file)
+    agent.setdefault("agent", {})["state_dir"] = str(root / "state")
+    for key in ("machines_dir", "workflows_dir"):
+        agent["agent"].pop(key, None)  # the copy keeps the standard layout
+    api: dict[str, Any] = agent["api"] if isinstance(agent.get("api"), dict) else {}
+    for key in ("token", "token_file", "token_env"):
+        api.pop(key, None)
+    agent["api"] = {**api, "bind": f"127.0.0.1:{ports['api']}", "token_file": "secrets/api-token"}
+    for workflow in agent.get("workflows") or []:
+        _point_workflow(workflow, ports["receiver"], env_names)
+    _dump(agent_file, agent)
+    for path in sorted((target / "machines").glob("*.y*ml")):
+        machine = _load(path)
+        _point_machine(machine, ports)
+        _dump(path, machine)
+    for path in sorted((target / "workflows").glob("*.y*ml")):
+        workflow = _load(path)
+        _point_workflow(workflow, ports["receiver"], env_names)
+        _dump(path, workflow)
     secrets = target / "secrets"
     secrets.mkdir(mode=0o700)
     (secrets / "api-token").write_text(token + "\n")
     return dict.fromkeys(sorted(env_names), secret)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def _dump(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def _point_machine(machine: dict[str, Any], ports: dict[str, int]) -> None:
+    modbus = machine.get("modbus")
+    if isinstance(modbus, dict):
+        modbus.update(host="127.0.0.1", port=ports["modbus"])
+    opcua = machine.get("opcua")
+    if isinstance(opcua, dict) and isinstance(opcua.get("url"), str):
+        path = urlsplit(opcua["url"]).path
+        opcua["url"] = f"opc.tcp://127.0.0.1:{ports['opcua']}{path}"
+    # The demo scenario stops for about 40 s at a time: count those stops as downtime.
+    downtime = machine.setdefault("downtime", {})
+    if isinstance(downtime, dict) and "min_seconds" not in downtime:
+        downtime["micro_stop"] = "15s"
+
+
+def _point_workflow(workflow: Any, receiver_port: int, env_names: set[str]) -> None:
+    """Every webhook goes to the demo's receiver, signed with the demo's secret."""
+    if not isinstance(workflow, dict):
+        return
+    for action in workflow.get("actions") or []:
+        webhook = action.get("webhook") if isinstance(action, dict) else None
+        if not isinstance(webhook, dict):
+            continue
+        if isinstance(webhook.get("url"), str):
+            parts = urlsplit(webhook["url"])
+            webhook["url"] = urlunsplit(
+                ("http", f"127.0.0.1:{receiver_port}", parts.path or "/", parts.query, "")
+            )
+        for key in ("secret", "secret_file", "secret_env", "secrets"):
+            webhook.pop(key, None)
+        webhook["secret_env"] = "DEMO_WEBHOOK_SECRET"
+        env_names.add("DEMO_WEBHOOK_SECRET")
 
 
 async def wait_port(port: int, within: float) -> bool:
@@ -142,7 +195,7 @@ async def demo(args: argparse.Namespace) -> int:
         await receiver.stop()
     if rc is None:
         return 1
-    invalid = _summary(receiver.received)
+    invalid = _summary(receiver.received, as_json=args.json)
     if not args.keep and rc == 0:
         shutil.rmtree(root, ignore_errors=True)
     else:
@@ -218,7 +271,7 @@ def _banner(root: Path, ports: dict[str, int], cfg: Path, seconds: float) -> str
         f"  simulators  Modbus :{ports['modbus']}  OPC-UA :{ports['opcua']}  (log: simulator.log)\n"
         f"  agent       API :{ports['api']}  (log: agent.log, JSON lines)\n"
         f"  receiver    :{ports['receiver']}  verifying Standard Webhooks signatures\n"
-        f"  try:        EDGE_AGENT_CONFIG={cfg} edge-agent status\n"
+        f"  try:        EDGE_AGENT_CONFIG={cfg} {edge_agent_command()} status\n"
         "Signed deliveries appear below as the machines change"
         + (f"; stopping after {seconds:g}s." if seconds else "; Ctrl-C stops everything.")
         + "\n"
@@ -253,14 +306,17 @@ async def _watch(
     return 0
 
 
-def _summary(received: Sequence[Any]) -> int:
-    """Print what arrived per event type; returns how many had an invalid signature."""
+def _summary(received: Sequence[Any], *, as_json: bool) -> int:
+    """Print what arrived per event type (one JSON line with ``--json``); returns how many had an
+    invalid signature."""
     events = Counter(_event_of(r.body) for r in received)
     invalid = [r for r in received if not r.valid]
+    if as_json:
+        print(json.dumps({"deliveries": len(received), "invalid": len(invalid), "events": events}))
+        return len(invalid)
     print(f"\ndemo summary: {len(received)} deliveries, {len(invalid)} with an invalid signature")
     for name, n in sorted(events.items()):
         print(f"  {n:4d}  {name}")
-    print(json.dumps({"deliveries": len(received), "invalid": len(invalid), "events": events}))
     return len(invalid)
 
 
@@ -291,6 +347,17 @@ def _event_of(body: bytes) -> str:
     except ValueError:
         return "(not JSON)"
     return str(data.get("event", "?")) if isinstance(data, dict) else "?"
+
+
+def edge_agent_command() -> str:
+    """How to call edge-agent from this shell: the venv's script works without activating the venv."""
+    script = Path(sys.executable).parent / "edge-agent"
+    if not script.exists():
+        return f"{sys.executable} -m agent"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def run(args: argparse.Namespace) -> int:

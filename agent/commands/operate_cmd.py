@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import sys
 from typing import Any
 
 from agent.commands.common import add_config_arg, config_path, load_config_or_exit
+from agent.commands.errors import CommandFailed, UsageError
+from agent.config.agent_file import state_dir_writable_problem
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -18,7 +21,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=run)
 
     r = sub.add_parser("reload", help="make the running agent re-read its configuration (like SIGHUP)")
-    add_config_arg(r)
+    add_config_arg(r, state_dir=False)
+    r.add_argument("--json", action="store_true", help="print the API's JSON answer")
     r.set_defaults(handler=reload)
 
 
@@ -36,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     # world-readable; their bodies hold operator names and notes.
     os.umask(0o077)
     config = load_config_or_exit(args)
+    problem = state_dir_writable_problem(config.agent.state_dir)
+    if problem:
+        where = "--state-dir" if args.state_dir is not None else f"{config.agent.file}: agent.state_dir"
+        raise UsageError(f"{where}: {problem}")
     configure(config.agent.log_level, args.log_format or config.agent.log_format)
     runtime = Runtime(
         config, config_path=config_path(args), state_dir=args.state_dir, notifier=Notifier.from_env()
@@ -46,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
         structlog.get_logger("agent.run").error("state_dir_in_use", error=str(exc))
         print(f"edge-agent: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise CommandFailed(
+            f"cannot listen on {config.agent.api.host}:{config.agent.api.port} (api.bind in {config.agent.file}): address in "
+            "use; another edge-agent may be running (edge-agent status), or change api.bind"
+        ) from None
 
 
 def reload(args: argparse.Namespace) -> int:
@@ -69,5 +84,20 @@ def reload(args: argparse.Namespace) -> int:
         for line in result.get("errors", []):
             print(f"  {line}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in result.items() if k != "ok"}, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(reload_summary(result))
     return 0
+
+
+def reload_summary(result: dict[str, Any]) -> str:
+    """``reloaded: 1 machine added (mill-03), 1 changed (lathe-02); 7 workflows``."""
+    parts: list[str] = []
+    for key in ("added", "removed", "changed"):
+        ids = [str(i) for i in result.get(key) or []]
+        if ids:
+            noun = "machine" if len(ids) == 1 and not parts else "machines" if not parts else ""
+            parts.append(f"{len(ids)} {noun + ' ' if noun else ''}{key} ({', '.join(ids)})")
+    machines = ", ".join(parts) if parts else "machines unchanged"
+    return f"reloaded: {machines}; {result.get('workflows', 0)} workflows"

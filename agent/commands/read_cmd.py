@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import time
 from typing import Any
@@ -29,12 +30,23 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=run)
 
 
+def shown(value: object) -> object:
+    """A float as a person writes it: scaling 254 by 0.1 gives 25.400000000000002, shown as 25.4.
+
+    12 significant digits keep every digit a 32- or 64-bit register can carry in practice while
+    dropping the binary-fraction noise of the scale arithmetic.
+    """
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.12g}")
+    return value
+
+
 def render(machine_id: str, readings: list[Reading]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(readings[0].timestamp)) if readings else "--:--:--"
     width = max((len(r.tag) for r in readings), default=4)
     lines = [f"{machine_id}  {stamp}"]
     for r in readings:
-        value = repr(r.value) if isinstance(r.value, str) else str(r.value)
+        value = repr(r.value) if isinstance(r.value, str) else str(shown(r.value))
         reason = f"  ({r.reason})" if r.reason else ""
         lines.append(f"  {r.tag:<{width}}  {value:<24} {r.quality.value}{reason}")
     return "\n".join(lines)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.commands.errors import port_number
+
 # A person reads these: the agent's webhooks are a few KB, and a hostile sender must not make the
 # inspector hold gigabytes (the old caps, 1,000 bodies of 16 MiB, allowed 16 GB).
 KEEP = 100
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="run a local webhook receiver that verifies signatures and prints each delivery",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--port", type=port_number, default=8090, help="port to listen on (default 8090)")
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--secret", help="whsec_... secret to verify with (visible in ps: prefer --secret-env)"

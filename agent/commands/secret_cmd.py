@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p = sps.add_parser("generate", help="print a new whsec_ secret (Standard Webhooks)")
     p.add_argument("--bytes", type=int, default=32, help="random bytes, 24..64 (default 32)")
     p.add_argument(
-        "--out", type=Path, help="write it to this file (created with mode 0600, never overwritten)"
+        "--out",
+        type=Path,
+        help="write it to this file (created with mode 0600 in an existing directory, never overwritten)",
     )
     p.set_defaults(handler=_h_secret_generate)
 
@@ -50,8 +52,11 @@ def secret_write(path: Path, nbytes: int = 32) -> int:
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if not path.parent.is_dir():
+        # Creating folders here would hide a typo in the path; the secret would land somewhere unread.
+        print(f"{path.parent} is not a directory; create it first (mkdir -p {path.parent})", file=sys.stderr)
+        return 2
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         print(f"{path} exists; not overwritten (delete it first to rotate)", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,8 @@ def _operator_args(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser, command: Command) -> None:
-    add_config_arg(p)
+    # These talk to the running agent's API: a --state-dir would be accepted and silently ignored.
+    add_config_arg(p, state_dir=False)
     p.add_argument("--json", action="store_true", help="print the API's JSON answer")
     p.set_defaults(handler=lambda args: asyncio.run(run(args, command)), command_fn=command)
 
@@ -63,11 +65,49 @@ async def run(args: argparse.Namespace, command: Command, out: TextIO | None = N
         return EXIT_INPUT
     try:
         async with ApiClient.for_config(config.api) as client:
-            return await command(args, client, out)
+            try:
+                return await command(args, client, out)
+            except ApiRequestError as exc:
+                hint = await _hint(exc, client)
+                raise ApiRequestError(exc.status, exc.code, exc.message + hint, exc.field) from None
     except ApiRequestError as exc:
         where = f" [{exc.field}]" if exc.field else ""
+        if exc.status == 401:
+            token = config.api.token.source if config.api.token is not None else "no token"
+            where += (
+                f"; this command sent the token from {token} (api: in {config.file}); it must be the "
+                "token the running agent reads (same file, variable or value)"
+            )
         print(f"error: {exc.message}{where}", file=sys.stderr)
         return EXIT_INPUT if 400 <= exc.status < 500 and exc.status != 401 else EXIT_FAILED
+
+
+async def _hint(exc: ApiRequestError, client: ApiClient) -> str:
+    """What the user may have meant, for a name or id the agent does not know."""
+    try:
+        if exc.code == "unknown_workflow":
+            names = [
+                str(w.get("name"))
+                for w in await client.workflows()
+                if w.get("trigger", {}).get("type") == "manual"
+            ]
+            return _choices(exc, names, "manual workflows")
+        if exc.code == "unknown_machine":
+            return _choices(exc, [str(m.get("id")) for m in await client.machines()], "machines")
+        if exc.code == "unknown_downtime":
+            open_ones = [f"{d.get('id')} ({d.get('machine_id')})" for d in await client.downtimes("open")]
+            return f"; open downtimes: {', '.join(open_ones) or 'none'}"
+    except ApiRequestError:
+        pass  # the hint is a courtesy; the original error stands
+    return ""
+
+
+def _choices(exc: ApiRequestError, known: list[str], what: str) -> str:
+    given = exc.message.split("'", 2)[1] if exc.message.count("'") >= 2 else ""
+    lowered = {k.lower(): k for k in known}
+    close = [lowered[m] for m in difflib.get_close_matches(given.lower(), list(lowered), n=3, cutoff=0.6)]
+    text = f"; {what}: {', '.join(known) or 'none'}"
+    return text + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else "")
 
 
 def _operator(args: argparse.Namespace) -> dict[str, str] | None:

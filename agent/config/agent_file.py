@@ -65,8 +65,16 @@ def _path(section: Section, key: str, default: Path | None, base: Path) -> Path 
 def _read_agent(
     path: Path, problems: Problems, state_dir_override: Path | None
 ) -> tuple[AgentConfig | None, Any]:
+    before = len(problems.items)
     data = load_yaml(path, problems, str(path))
     if data is None:
+        if len(problems.items) == before:
+            problems.add(
+                str(path),
+                None,
+                "",
+                "the file is empty; it needs at least an agent: section (see config/agent.yaml)",
+            )
         return None, None
     base = path.parent
     top = Section(data, file=str(path), path="", problems=problems, base_dir=base)
@@ -79,6 +87,10 @@ def _read_agent(
     state_dir = _path(agent, "state_dir", state_default, base) or state_default
     if state_dir_override is not None:
         state_dir = state_dir_override
+    elif agent.has("state_dir"):
+        blocked = state_dir_blocker(state_dir)
+        if blocked:
+            agent.error("state_dir", blocked)
     machines_dir = _path(agent, "machines_dir", base / "machines", base) or base / "machines"
     workflows_dir = _path(agent, "workflows_dir", base / "workflows", base)
     agent.done()
@@ -122,6 +134,30 @@ def _read_agent(
     return cfg, (top, workflows_raw)
 
 
+def state_dir_blocker(state_dir: Path) -> str | None:
+    """Why no process could ever use ``state_dir`` (a file is in the way), or ``None``."""
+    for p in (state_dir, *state_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == state_dir else f"cannot be created: {p} is a file"
+                return f"state directory {state_dir} {what}, not a directory"
+            return None
+    return None
+
+
+def state_dir_writable_problem(state_dir: Path) -> str | None:
+    """Why *this* user could not create or write ``state_dir`` (``run`` and ``check-config``)."""
+    blocked = state_dir_blocker(state_dir)
+    if blocked:
+        return blocked
+    existing = next(p for p in (state_dir, *state_dir.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == state_dir:
+            return f"state directory {state_dir} is not writable by this user (uid {os.getuid()})"
+        return f"state directory {state_dir} cannot be created: {existing} is not writable by this user"
+    return None
+
+
 def load_agent_config(path: Path, state_dir: Path | None = None) -> AgentConfig:
     """Only ``agent.yaml`` (what the CLI needs to find the state directory and the API)."""
     problems = Problems()
@@ -148,15 +184,19 @@ def collect_config(
     machine_ids: set[str] | None = None
     groups: set[str] | None = None
     if agent.machines_dir.is_dir():
+        before = len(problems.items)
         machines = load_machines(
             agent.machines_dir,
             problems,
-            display_root=root.parent,
+            display_root=None,  # paths print as given: relative when agent.yaml's path is
             categories=agent.categories,
             base_dir=root,
         )
-        machine_ids = {m.id for m in machines}
-        groups = {m.group for m in machines if m.group}
+        # One mistake, one error: a machine file that failed may be the one defining the id or
+        # group a workflow scopes to, so scopes are checked only when every machine file loaded.
+        if len(problems.items) == before:
+            machine_ids = {m.id for m in machines}
+            groups = {m.group for m in machines if m.group}
     else:
         # Named at the agent.yaml key that chose the folder. Workflow scopes are then not checked
         # against machines: every one of them would be reported as unknown, burying the real error.
@@ -178,7 +218,7 @@ def collect_config(
         inline=top.sections("workflows") if inline is not None else [],
         delivery=agent.delivery,
         problems=problems,
-        display_root=root.parent,
+        display_root=None,  # paths print as given: relative when agent.yaml's path is
         machine_ids=machine_ids,
         groups=groups,
         categories=agent.categories,

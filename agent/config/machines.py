@@ -185,9 +185,10 @@ def load_machines(
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
     for path in files:
         shown = _display(path, display_root)
+        before = len(problems.items)
         data = load_yaml(path, problems, shown)
         if data is None:
-            if path.stat().st_size == 0:
+            if len(problems.items) == before:  # no syntax error: nothing but comments, or `~`
                 problems.add(shown, None, "", "file is empty")
             continue
         machine = parse_machine(

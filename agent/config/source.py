@@ -107,14 +107,34 @@ def load_yaml(path: Path, problems: Problems, display: str | None = None) -> Any
     """Parse one YAML file; a missing file or a syntax error becomes a problem and ``None``."""
     name = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         problems.add(name, None, "", "file not found")
+        return None
+    except IsADirectoryError:
+        problems.add(name, None, "", "is a directory, not a YAML file")
         return None
     except OSError as exc:
         problems.add(name, None, "", f"cannot read: {exc.strerror or exc}")
         return None
-    return parse_yaml(text, name, problems)
+    text = decode_utf8(raw, name, problems)
+    return None if text is None else parse_yaml(text, name, problems)
+
+
+def decode_utf8(raw: bytes, name: str, problems: Problems) -> str | None:
+    """YAML files are UTF-8 (YAML 1.1 allows UTF-16 with a BOM; no editor on a plant PC writes it)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        problems.add(
+            name,
+            line,
+            "",
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column}); save the file as UTF-8",
+        )
+        return None
 
 
 def parse_yaml(text: str, name: str, problems: Problems) -> Any:
@@ -126,6 +146,12 @@ def parse_yaml(text: str, name: str, problems: Problems) -> Any:
         problems.add(name, line, "", f"YAML syntax error: {exc.problem or exc}")
     except yaml.YAMLError as exc:
         problems.add(name, None, "", f"YAML error: {exc}")
+    except RecursionError:
+        problems.add(name, None, "", "YAML nested too deeply to read")
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for values that parse but cannot be built, such as the
+        # date 2024-02-30 or a !!binary that is not base64; the parser has no line for them.
+        problems.add(name, None, "", f"YAML value cannot be read: {exc}")
     return None
 
 
@@ -287,6 +313,7 @@ class Section:
         self.data: Mapping[str, Any] = data
         self._key_lines: dict[str, int] = getattr(data, "key_lines", {})
         self._used: set[str] = set()
+        self._reported: set[str] = set()
 
     # -- locating
 
@@ -367,6 +394,13 @@ class Section:
                 self.problems.add(self.file, self.line, self.key_path(key), "required key is missing")
             return []
         if not isinstance(value, list):
+            if isinstance(value, str) and "," in value:
+                # `downtime_categories: Setup, Tooling` would be one category named "Setup, Tooling".
+                items = ", ".join(part.strip() for part in value.split(","))
+                if key not in self._reported:  # readers may ask for a list twice; one error
+                    self._reported.add(key)
+                    self.error(key, f"one value with commas; for a list write [{items}]")
+                return []
             value = [value]
         lines: list[int] = getattr(value, "item_lines", [])
         out = []
@@ -438,6 +472,9 @@ class Section:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             self.error(k, f"cannot read secret file {path}: {exc.strerror or exc}")
+            return None
+        except UnicodeDecodeError:
+            self.error(k, f"secret file {path} is not UTF-8 text")
             return None
         if not value:
             self.error(k, f"secret file {path} is empty")

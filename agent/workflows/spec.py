@@ -221,7 +221,12 @@ def _code(value: Any) -> str:
 
 
 def _state(value: Any) -> str:
-    return as_str(value).strip().upper()
+    # The rule machine files follow (status rules reject `active`): state words are written as the
+    # derivation reports them, upper-case. Upper-casing here silently would make the two disagree.
+    word = as_str(value).strip()
+    if not re.fullmatch(r"[A-Z][A-Z0-9_]*", word):
+        raise ValueError(f"state {word!r} must be an upper-case word like ACTIVE, IDLE, ALARM, SETUP")
+    return word
 
 
 def _pattern(value: Any) -> str:
@@ -403,9 +408,10 @@ def load_workflows(
             if display_root is not None:
                 with contextlib.suppress(ValueError):
                     shown = str(path.relative_to(display_root))
+            before = len(problems.items)
             data = load_yaml(path, problems, shown)
             if data is None:
-                if path.stat().st_size == 0:
+                if len(problems.items) == before:  # no syntax error: nothing but comments, or `~`
                     problems.add(shown, None, "", "file is empty")
                 continue
             sections.append(

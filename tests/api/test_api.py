@@ -508,8 +508,8 @@ async def test_a_machine_view_says_why_and_since_when_it_cannot_be_read(api: Api
     lost_at = clock.now
     why = "no answer to 3 requests in a row from 127.0.0.1:5020"
     tags = ("execution", "alarm_code", "part_count")
-    await p.on_samples(
-        "lathe-02", [Reading("lathe-02", t, None, Quality.DISCONNECTED, lost_at, why) for t in tags]
+    await poll(
+        p, "lathe-02", [Reading("lathe-02", t, None, Quality.DISCONNECTED, lost_at, why) for t in tags]
     )
     clock.advance(60)
     await p.tick()
@@ -521,3 +521,35 @@ async def test_a_machine_view_says_why_and_since_when_it_cannot_be_read(api: Api
     (line,) = [line for line in out.splitlines() if line.startswith("lathe-02")]
     assert code == 0 and "DISCONNECTED" in line and line.rstrip().endswith(f"cannot read the machine: {why}")
     assert out.splitlines()[0].split()[-1] == "WHY"
+
+
+async def test_cli_names_what_exists_when_a_name_or_id_is_wrong(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = str(write_agent_yaml(tmp_path, api))
+    code, _ = await run_cli(["trigger", "Quality Inspektion", "--machine", "mill-01", "-c", cfg])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no workflow named 'Quality Inspektion'" in err
+    assert "manual workflows: " in err and "(did you mean 'Quality inspection'?)" in err
+
+    downtime_id = await make_downtime(api)
+    code, _ = await run_cli(["categorize", "dt_nope", "Setup", "-c", cfg])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"open downtimes: {downtime_id} (mill-01)" in err
+
+
+async def test_cli_with_a_wrong_token_names_where_its_token_came_from(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_agent_yaml(tmp_path, api)
+    text = cfg.read_text()
+    token_file = tmp_path / "wrong-token"
+    token_file.write_text("wrong-token-0123456789abcdef\n")
+    cfg.write_text(text.replace(f"token: {TOKEN}", f"token_file: {token_file}"))
+    code, _ = await run_cli(["status", "-c", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"this command sent the token from file {token_file} (api: in {cfg})" in err
+    assert "wrong-token-0123456789abcdef" not in err

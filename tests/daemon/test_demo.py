@@ -22,7 +22,7 @@ DEMO_WITHIN = DEMO_SECONDS + 90
 @pytest.mark.slow
 async def test_demo_shows_every_kind_of_event_with_valid_signatures() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "demo", "--seconds", str(DEMO_SECONDS), "--quiet", cwd=REPO,
+        sys.executable, "-m", "agent", "demo", "--seconds", str(DEMO_SECONDS), "--quiet", "--json", cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:

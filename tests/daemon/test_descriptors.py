@@ -24,11 +24,14 @@ def _low_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (160, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
-async def test_emfile_on_accept_is_logged_once_per_episode(notify_socket: NotifySocket, tmp_path: Path) -> None:
+async def test_emfile_on_accept_is_logged_once_per_episode(
+    notify_socket: NotifySocket, tmp_path: Path
+) -> None:
     files = AgentDir(tmp_path)
     files.agent_yaml.write_text(
         files.agent_yaml.read_text().replace(
-            "token_file: secrets/api-token}", "token_file: secrets/api-token, max_connections: 1000, idle_timeout: 120s}"
+            "token_file: secrets/api-token}",
+            "token_file: secrets/api-token, max_connections: 1000, idle_timeout: 120s}",
         )
     )
     log_path = tmp_path / "agent.log"

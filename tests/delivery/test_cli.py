@@ -58,7 +58,7 @@ def test_list_shows_counts_and_rows(state: Path) -> None:
     assert "pending 2  in flight 0  delivered 1  dead 1" in text
     assert "HTTP 500" in text and "wf#0" in text and "other#0" in text
     code, text = run(deliver_cmd.outbox_list, state, state="dead")
-    assert text.count("\n") == 3 and "     2  dead" in text
+    assert text.count("\n") == 3 and text.splitlines()[2].split()[:3] == ["2", "dead", "8"]
     code, text = run(deliver_cmd.outbox_list, state, workflow="nobody")
     assert "no deliveries match" in text
 
@@ -86,11 +86,50 @@ def test_retry_one_and_dead_and_cancel(state: Path) -> None:
 
 
 def test_purge_defaults_to_finished_rows(state: Path) -> None:
-    code, text = run(deliver_cmd.outbox_purge, state)
+    code, text = run(deliver_cmd.outbox_purge, state, yes=True)
     assert code == 0 and "2 deliveries purged" in text  # delivered + dead
-    code, text = run(deliver_cmd.outbox_purge, state, states=["pending"], endpoint="other#0")
+    code, text = run(deliver_cmd.outbox_purge, state, states=["pending"], endpoint="other#0", yes=True)
     assert "1 deliveries purged" in text
     assert "pending 1" in run(deliver_cmd.outbox_list, state)[1]
+
+
+def test_purge_counts_first_and_deletes_nothing_unconfirmed(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, text = run(deliver_cmd.outbox_purge, state, dry_run=True)
+    assert (code, text) == (0, "would delete 2 deliveries (delivered, dead, cancelled)\n")
+    # Not on a terminal (pytest's stdin) and no --yes: refused, with how to go on.
+    assert run(deliver_cmd.outbox_purge, state)[0] == 2
+    assert "add --yes to do it" in capsys.readouterr().err
+    questions: list[str] = []
+    code, text = run(deliver_cmd.outbox_purge, state, confirm=lambda q: questions.append(q) or False)
+    assert code == 1 and text == "nothing deleted\n"
+    assert questions == ["delete 2 deliveries (delivered, dead, cancelled)? [y/N] "]
+    assert "delivered 1  dead 1" in run(deliver_cmd.outbox_list, state)[1]
+    code, text = run(deliver_cmd.outbox_purge, state, confirm=lambda q: True)
+    assert code == 0 and "2 deliveries purged" in text
+
+
+def test_purge_names_the_endpoint_by_url_or_key(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    by_key = run(deliver_cmd.outbox_purge, state, states=["pending"], endpoint="other#0", dry_run=True)
+    assert by_key[1] == "would delete 1 deliveries (pending, endpoint other#0)\n"
+    by_url = run(
+        deliver_cmd.outbox_purge, state, states=["pending"], endpoint="http://127.0.0.1:9/", dry_run=True
+    )
+    assert by_url[1] == "would delete 2 deliveries (pending, endpoint http://127.0.0.1:9/)\n"
+    assert run(deliver_cmd.outbox_purge, state, endpoint="http://nope/", yes=True)[0] == 2
+    assert "no endpoint 'http://nope/' in the outbox (known: http://127.0.0.1:9/)" in capsys.readouterr().err
+
+
+def test_retry_refuses_a_delivered_row_unless_forced(state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(deliver_cmd.outbox_retry, state, 1)[0] == 2  # 1 is delivered
+    err = capsys.readouterr().err
+    assert "already delivered" in err and "add --force" in err
+    assert "delivered 1" in run(deliver_cmd.outbox_list, state)[1]
+    assert run(deliver_cmd.outbox_retry, state, 1, force=True)[0] == 0
+    assert "delivered 0" in run(deliver_cmd.outbox_list, state)[1]
+    assert run(deliver_cmd.outbox_retry, state, 99)[0] == 1
+    assert "no delivery 99" in capsys.readouterr().err
 
 
 def test_history_groups_by_event_and_workflow(state: Path) -> None:
@@ -107,6 +146,24 @@ def test_endpoint_list_and_enable(state: Path) -> None:
     assert run(deliver_cmd.endpoint_enable, state, "http://127.0.0.1:9/")[0] == 0
     assert "enabled" in run(deliver_cmd.endpoint_list, state)[1]
     assert run(deliver_cmd.endpoint_enable, state, "http://127.0.0.1:9/")[0] == 1
+
+
+def test_endpoint_enable_takes_the_key_too_and_names_unknown_ones(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, text = run(deliver_cmd.endpoint_enable, state, "wf#0")
+    assert code == 0 and text.startswith("http://127.0.0.1:9/ enabled")
+    assert run(deliver_cmd.endpoint_enable, state, "http://nope/")[0] == 2
+    assert "no endpoint 'http://nope/' in the outbox (known: http://127.0.0.1:9/)" in capsys.readouterr().err
+
+
+def test_secret_out_never_creates_directories(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "typo" / "api-token"
+    assert secret_cmd.secret_write(target) == 2
+    assert not target.parent.exists()
+    assert f"{target.parent} is not a directory" in capsys.readouterr().err
+    assert secret_cmd.secret_write(tmp_path / "api-token") == 0
+    assert (tmp_path / "api-token").stat().st_mode & 0o777 == 0o600
 
 
 def test_missing_outbox_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -133,3 +190,34 @@ def test_commands_through_the_cli_with_agent_yaml(state: Path, capsys: pytest.Ca
     assert capsys.readouterr().out.startswith("whsec_")
     assert main(["receive", "--secret", "whsec_bad!", "--port", "0"]) == 2
     assert "receive: secret is not whsec_" in capsys.readouterr().err
+
+
+def test_columns_line_up_with_long_names(tmp_path: Path) -> None:
+    async def go() -> None:
+        box = await Outbox.open(tmp_path / OUTBOX_FILE, OutboxConfig())
+        await box.enqueue(
+            [
+                delivery(0, endpoint_key="short#0", url="http://127.0.0.1:9/a"),
+                delivery(
+                    1,
+                    endpoint_key="a-much-longer-workflow-name-than-the-header#0",
+                    url="http://127.0.0.1:9/" + "b" * 60,
+                ),
+            ]
+        )
+        await box.close()
+
+    asyncio.run(go())
+    # The column after the long one starts at the same place in the header and in every row.
+    for fn, column, value in (
+        (deliver_cmd.outbox_list, "WORKFLOW#ACTION", "#0"),
+        (deliver_cmd.endpoint_list, "STATE", "enabled"),
+        (deliver_cmd.history, "EVENT", "downtime_started"),
+    ):
+        lines = [line for line in run(fn, tmp_path)[1].splitlines() if not line.startswith("pending ")]
+        at = lines[0].index(column)
+        for row in lines[1:]:
+            if value == "#0":
+                assert row[at:].split()[0].endswith("#0"), lines
+            else:
+                assert row[at:].startswith(value), lines

@@ -50,7 +50,7 @@ def test_full_example_parses_with_defaults() -> None:
     ("trigger", "expected"),
     [
         (
-            "{type: machine_status_changed, from: [active], to: [IDLE, ALARM]}",
+            "{type: machine_status_changed, from: [ACTIVE], to: [IDLE, ALARM]}",
             StatusTrigger(("ACTIVE",), ("IDLE", "ALARM")),
         ),
         (
@@ -124,6 +124,11 @@ def test_missing_pieces_are_named() -> None:
         ("{type: downtime_exceeded}", "needs after"),
         ("{type: downtime_exceeded, after: 30m, minutes: 30}", "trigger.minutes: give either after"),
         ("{type: alarm_triggered, code_patterns: ['2040']}", "has no wildcard"),
+        # One rule with machine files' status rules: no silent upper-casing.
+        (
+            "{type: machine_status_changed, from: [active]}",
+            "trigger.from[0]: state 'active' must be an upper-case word like ACTIVE",
+        ),
     ],
 )
 def test_trigger_problems(trigger: str, message: str) -> None:
