@@ -1,13 +1,14 @@
 """The local operator API: trigger workflows, categorize downtimes, read live state and history.
 
-Every request carries ``Authorization: Bearer <token>`` (compared in constant time). Errors are JSON
+Every request carries ``Authorization: Bearer <token>`` (compared in constant time); the token's role
+must permit the route (``agent.api.roles``: 401 without a known token, 403 when the role is too low).
+Paths registered with ``add_session_prefix`` (the operator panel) do their own auth. Errors are JSON
 ``{"error": {"code", "message", "field"}}`` with a 4xx status for anything the client sent; a 500 only
 ever means a bug here, and its body says nothing about internals.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from agent.api.roles import bearer_token, permits, required_role
 from agent.api.settings import ApiConfig
 from agent.delivery.outbox import Outbox
 from agent.derive.errors import DeriveError, UnknownCategory, UnknownDowntime
@@ -41,6 +43,8 @@ OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
 CONFIG: web.AppKey[ApiConfig] = web.AppKey("config", ApiConfig)
 # Paths answered without a token: liveness probes (the runtime's /healthz, /readyz); see ``add_public_route``.
 PUBLIC: web.AppKey[set[str]] = web.AppKey("public_paths", set)
+# Path prefixes that authenticate themselves (the panel: session cookie + CSRF, HTML errors).
+SESSION_PREFIXES: web.AppKey[list[tuple[str, bool]]] = web.AppKey("session_prefixes", list)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 MAX_LIMIT = 200
@@ -62,24 +66,33 @@ class ApiError(web.HTTPException):
 # -- auth and error handling
 
 
-def _authorized(request: web.Request, config: ApiConfig) -> bool:
-    if config.token is None:
-        return False
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return False
-    return hmac.compare_digest(given.strip().encode("utf-8"), config.token.reveal().encode("utf-8"))
+def _check_role(request: web.Request, config: ApiConfig) -> None:
+    """401 without a known bearer token, 403 when its role may not use this route."""
+    token = bearer_token(request.headers.get("Authorization", ""), config)
+    if token is None:
+        err = ApiError(401, "unauthorized", "missing or wrong bearer token")
+        err.headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
+        raise err
+    route = request.match_info.route.resource
+    pattern = route.canonical if route is not None else request.path
+    need = required_role(request.method, pattern)
+    if not permits(token.role, need):
+        raise ApiError(403, "forbidden", f"token {token.name!r} has role {token.role}; this needs {need}")
+
+
+def _self_guarded(request: web.Request) -> bool:
+    path = request.path
+    return any(path == p or (not exact and path.startswith(p)) for p, exact in request.app[SESSION_PREFIXES])
 
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     config = request.app[CONFIG]
+    if _self_guarded(request):
+        return await handler(request)
     try:
-        if request.path not in request.app[PUBLIC] and not _authorized(request, config):
-            err = ApiError(401, "unauthorized", "missing or wrong bearer token")
-            err.headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
-            raise err
+        if request.path not in request.app[PUBLIC]:
+            _check_role(request, config)
         return await handler(request)
     except ApiError:
         raise
@@ -445,6 +458,7 @@ def create_app(pipeline: Pipeline, outbox: Outbox, config: ApiConfig) -> web.App
     app[OUTBOX] = outbox
     app[CONFIG] = config
     app[PUBLIC] = set(PUBLIC_PATHS)
+    app[SESSION_PREFIXES] = []
     app.router.add_get("/api/v1/machines", list_machines)
     app.router.add_get("/api/v1/machines/{id}", get_machine)
     app.router.add_get("/api/v1/downtimes", list_downtimes)
@@ -459,6 +473,12 @@ def add_public_route(app: web.Application, method: str, path: str, handler: Hand
     """A route answered without a token (liveness probes). Keep what it reveals harmless."""
     app.router.add_route(method, path, handler)
     app[PUBLIC].add(path)
+
+
+def add_session_prefix(app: web.Application, prefix: str, *, exact: bool = False) -> None:
+    """Requests under ``prefix`` (or for exactly that path) skip the bearer check and the JSON error
+    shape: the handlers there authenticate with their own session."""
+    app[SESSION_PREFIXES].append((prefix, exact))
 
 
 async def start_api(app: web.Application, config: ApiConfig) -> web.AppRunner:

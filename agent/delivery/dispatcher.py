@@ -130,6 +130,11 @@ class Dispatcher:
         return self._wakeup.is_set()
 
     @property
+    def open_breakers(self) -> frozenset[str]:
+        """Endpoint keys whose circuit breaker is open (the operator panel shows them)."""
+        return frozenset(key for key, st in self._state.items() if st.breaker.is_open)
+
+    @property
     def disabled(self) -> Mapping[str, str]:
         """URL → reason for endpoints disabled after 410 Gone."""
         return dict(self._disabled)

@@ -1,0 +1,241 @@
+"""The operator panel in a real browser (headless Debian Chromium) against the running agent, the
+Modbus simulator and a receiver that verifies every webhook's signature."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from playwright.async_api import Page, expect
+
+from agent.receiver import Receiver
+from simulators.model import Alarm, Execution
+from tests.e2e.conftest import at_path, payload, wait_at
+from tests.panel.conftest import (
+    HOSTILE,
+    QUALITY,
+    TOKENS,
+    PanelAgent,
+    login,
+    screenshot_dir,
+    show,
+    start_panel_agent,
+)
+
+LIMIT_MS = 10_000  # a hang guard only; bench/panel.py measures how fast the board really follows
+
+
+async def csrf_of(page: Page) -> str:
+    value = await page.locator("input[name=csrf]").first.get_attribute("value")
+    assert value
+    return value
+
+
+async def test_a_wrong_token_is_refused_and_each_role_sees_its_own_pages(agent: PanelAgent, new_page) -> None:
+    page = await new_page()
+    await page.goto(agent.url + "/")
+    assert page.url.endswith("/panel/login?next=/panel/"), "an anonymous visitor is sent to the login"
+    await page.fill("input[name=token]", "not-a-token-at-all-0000")
+    resp_status = None
+
+    async def remember(resp) -> None:  # type: ignore[no-untyped-def]
+        nonlocal resp_status
+        if resp.url.endswith("/panel/login") and resp.request.method == "POST":
+            resp_status = resp.status
+
+    page.on("response", remember)
+    async with page.expect_navigation():
+        await page.click("button[type=submit]")
+    assert resp_status == 401
+    await expect(page.get_by_role("alert")).to_have_text("That token is not accepted.")
+
+    viewer = await new_page()
+    await login(viewer, agent.url, "viewer")
+    await expect(viewer.locator("#tile-mill-01")).to_be_visible()
+    assert await viewer.get_by_role("link", name="Downtimes").count() == 0
+    resp = await viewer.goto(agent.url + "/panel/downtimes")
+    assert resp is not None and resp.status == 403
+    await expect(viewer.locator("h1")).to_have_text("Not allowed")
+
+    operator = await new_page()
+    await login(operator, agent.url, "operator")
+    resp = await operator.goto(agent.url + "/panel/downtimes")
+    assert resp is not None and resp.status == 200
+    resp = await operator.goto(agent.url + "/panel/deliveries")
+    assert resp is not None and resp.status == 200
+    cookies = await operator.context.cookies()
+    session = next(c for c in cookies if c["name"] == "edge_panel")
+    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    # The token itself is never kept in the browser.
+    assert all(TOKENS["operator"] not in c["value"] for c in cookies)
+
+
+async def test_the_board_follows_the_machine_without_a_reload(agent: PanelAgent, new_page, sim) -> None:
+    show(sim, 1, execution=Execution.READY)
+    await agent.wait_until(lambda: agent.deriver("mill-01").status == "IDLE", "mill-01 IDLE")
+    page = await new_page()
+    await login(page, agent.url, "viewer")
+    tile = page.locator("#tile-mill-01")
+    await expect(tile.locator(".word")).to_have_text("IDLE")
+    # The page's document stays the same: only the live stream can change the tile.
+    await page.evaluate("window.__same_document = true")
+    show(sim, 1, execution=Execution.ACTIVE)
+    await expect(tile.locator(".word")).to_have_text("ACTIVE", timeout=LIMIT_MS)
+    await expect(tile).to_have_class(re.compile(r"\bst-active\b"))
+    assert await page.evaluate("window.__same_document") is True
+    show(sim, 1, execution=Execution.READY)
+    await expect(tile.locator(".word")).to_have_text("IDLE", timeout=LIMIT_MS)
+    await expect(tile.locator(".downtime")).to_contain_text("not categorized", timeout=LIMIT_MS)
+
+
+async def test_an_alarm_text_with_markup_stays_text(agent: PanelAgent, new_page, sim) -> None:
+    page = await new_page()
+    await login(page, agent.url, "operator")
+    show(sim, 2, alarms={7777: Alarm(7777, "ignored: the machine file names the text", 500)})
+    tile = page.locator("#tile-lathe-02")
+    await expect(tile.locator(".alarm").first).to_contain_text(HOSTILE, timeout=LIMIT_MS)
+    assert await page.evaluate("window.__pwned === undefined")
+    assert await tile.locator("script, img").count() == 0
+    # A fresh page renders it on the server: inert there too.
+    await page.goto(agent.url + "/panel/machines/lathe-02")
+    await expect(page.get_by_text(HOSTILE).first).to_be_visible()
+    assert await page.evaluate("window.__pwned === undefined")
+    show(sim, 2, alarms={})
+    await expect(page.locator("#tile-lathe-02 .alarm")).to_have_count(0, timeout=LIMIT_MS)
+
+
+async def test_categorizing_in_the_browser_sends_the_operators_name(
+    agent: PanelAgent, new_page, sim, receiver: Receiver
+) -> None:
+    show(sim, 1, execution=Execution.ACTIVE)
+    await agent.wait_until(lambda: agent.deriver("mill-01").status == "ACTIVE", "mill-01 ACTIVE")
+    show(sim, 1, execution=Execution.STOPPED)
+    await agent.wait_until(lambda: agent.deriver("mill-01").open_downtime is not None, "a downtime")
+    downtime_id = agent.deriver("mill-01").open_downtime.id
+    before = len(at_path(receiver, "/categorized"))
+
+    page = await new_page(820, 1180)  # a 10-inch tablet, portrait
+    await login(page, agent.url, "operator", operator="Jane <b>Doe</b>", op_id="op-77")
+    await page.locator("#tile-mill-01 .downtime a.btn").click()
+    card = page.locator(f"#dt-{downtime_id}")
+    await expect(card).to_be_visible()
+    await card.locator("select[name=category]").select_option("Tooling")
+    await card.locator("input[name=notes]").fill("insert chipped")
+    async with page.expect_navigation():
+        await card.get_by_role("button", name="Categorize").click()
+    await expect(page.get_by_role("status")).to_contain_text("Categorized as Tooling")
+
+    got = await wait_at(receiver, "/categorized", before + 1)
+    body = payload(got[-1])
+    assert body["event"] == "downtime_categorized"
+    assert body["machine"]["id"] == "mill-01"
+    assert body["downtime"]["id"] == downtime_id
+    assert body["downtime"]["category"] == "Tooling"
+    assert body["operator"] == {"id": "op-77", "name": "Jane <b>Doe</b>"}
+    assert agent.deriver("mill-01").open_downtime.category == "Tooling"
+
+
+async def test_quality_inspection_button_sends_a_manual_trigger(
+    agent: PanelAgent, new_page, receiver: Receiver
+) -> None:
+    before = len(at_path(receiver, "/quality"))
+    page = await new_page(1280, 800)
+    await login(page, agent.url, "operator", operator="John Smith", op_id="op456")
+    await page.goto(agent.url + "/panel/workflows?machine=lathe-02")
+    form = page.locator("form.manual", has=page.get_by_role("heading", name=QUALITY))
+    await form.locator("input[name=note]").fill("burr on part 12")
+    async with page.expect_navigation():
+        await form.get_by_role("button", name=QUALITY).click()
+    await expect(page.get_by_role("status")).to_contain_text(f"{QUALITY} sent for lathe-02")
+    got = await wait_at(receiver, "/quality", before + 1)
+    body = payload(got[-1])
+    assert body["event"] == "manual_trigger"
+    assert body["machine"]["id"] == "lathe-02"
+    assert body["operator"] == {"id": "op456", "name": "John Smith"}
+    assert body["note"] == "burr on part 12"
+
+
+async def test_a_viewer_cannot_categorize_and_no_post_passes_without_the_csrf_token(
+    agent: PanelAgent, new_page, sim
+) -> None:
+    show(sim, 2, execution=Execution.ACTIVE)
+    await agent.wait_until(lambda: agent.deriver("lathe-02").status == "ACTIVE", "lathe-02 ACTIVE")
+    show(sim, 2, execution=Execution.STOPPED)
+    await agent.wait_until(lambda: agent.deriver("lathe-02").open_downtime is not None, "a downtime")
+    dt = agent.deriver("lathe-02").open_downtime.id
+    url = f"{agent.url}/panel/downtimes/{dt}/category"
+
+    viewer = await new_page()
+    await login(viewer, agent.url, "viewer")
+    resp = await viewer.request.post(url, form={"csrf": await csrf_of(viewer), "category": "Tooling"})
+    assert resp.status == 403
+    assert "this needs operator" in await resp.text()
+
+    operator = await new_page()
+    await login(operator, agent.url, "operator")
+    resp = await operator.request.post(url, form={"category": "Tooling"})
+    assert resp.status == 403
+    resp = await operator.request.post(url, form={"category": "Tooling", "csrf": "guessed"})
+    assert resp.status == 403
+    assert agent.deriver("lathe-02").open_downtime.category is None
+
+    # The JSON API keeps bearer tokens, with the same roles.
+    api = operator.request
+    r = await api.post(
+        url.replace("/panel/downtimes/", "/api/v1/downtimes/"),
+        data=json.dumps({"category": "Tooling"}),
+        headers={"Authorization": f"Bearer {TOKENS['viewer']}", "Content-Type": "application/json"},
+    )
+    assert r.status == 403 and (await r.json())["error"]["code"] == "forbidden"
+    r = await api.get(agent.url + "/api/v1/machines", headers={"Authorization": f"Bearer {TOKENS['viewer']}"})
+    assert r.status == 200
+
+
+async def test_reload_keeps_the_session_and_a_restart_asks_to_log_in_again(
+    tmp_path: Path, new_page, sim, receiver: Receiver
+) -> None:
+    first = await start_panel_agent(tmp_path, sim, receiver)
+    try:
+        page = await new_page()
+        await login(page, first.url, "operator")
+        await page.reload()
+        await expect(page.locator("#tile-mill-01")).to_be_visible()
+        assert page.url.endswith("/panel/")
+    finally:
+        await first.runtime.stop(grace=1.0)
+    second = await start_panel_agent(tmp_path, sim, receiver, port=first.port)
+    try:
+        await page.reload()
+        assert "/panel/login" in page.url, "sessions live in memory: after a restart, log in again"
+        await page.fill("input[name=token]", TOKENS["operator"])
+        async with page.expect_navigation():
+            await page.click("button[type=submit]")
+        await expect(page.locator("#tile-mill-01")).to_be_visible()
+    finally:
+        await second.runtime.stop(grace=1.0)
+
+
+async def test_screenshots_of_every_view(agent: PanelAgent, new_page, sim, tmp_path: Path) -> None:
+    out = screenshot_dir(tmp_path)
+    show(sim, 1, execution=Execution.ACTIVE, part_count=42)
+    page = await new_page(1280, 860)
+    await login(page, agent.url, "admin", operator="Plant IT")
+    views = {
+        "board": "/panel/",
+        "machine": "/panel/machines/mill-01",
+        "downtimes": "/panel/downtimes",
+        "workflows": "/panel/workflows",
+        "deliveries": "/panel/deliveries",
+    }
+    for name, path in views.items():
+        resp = await page.goto(agent.url + path)
+        assert resp is not None and resp.status == 200, path
+        await page.screenshot(path=str(out / f"panel-{name}.png"), full_page=name != "board")
+    kiosk = await new_page(1920, 1080)
+    await login(kiosk, agent.url, "viewer")
+    await kiosk.goto(agent.url + "/panel/?kiosk=1")
+    await kiosk.screenshot(path=str(out / "panel-kiosk.png"))
+    assert sorted(p.name for p in out.glob("panel-*.png")) == sorted(
+        [f"panel-{n}.png" for n in views] + ["panel-kiosk.png"]
+    )
