@@ -8,7 +8,6 @@ The runtime runs on real time: the browser counts durations from the agent's tim
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +57,7 @@ downtime_categories: [{categories}]
 EXTRA = f"""\
 downtime: {{micro_stop: 0s}}
 alarms:
-  texts: {{7777: '{HOSTILE}'}}
+  texts: {{7777: '{HOSTILE}', 1001: Spindle overload}}
 """
 
 
@@ -190,5 +189,16 @@ def show(sim: ModbusSimulator, unit: int, **changes: Any) -> None:
     sim.publish(unit)
 
 
-def since(t0: float) -> float:
-    return time.monotonic() - t0
+PAGE_WEIGHT = """() => {
+  const nav = performance.getEntriesByType("navigation").map(e => e.transferSize);
+  const res = performance.getEntriesByType("resource").map(e => e.transferSize);
+  return nav.concat(res).reduce((a, b) => a + b, 0);
+}"""
+
+# Every control a finger may need: links styled as buttons, buttons, fields, the navigation.
+SMALL_TARGETS = """() => Array.from(document.querySelectorAll(
+    "a.btn, button, input:not([type=hidden]), select, summary, nav a, .tile a.name"))
+  .filter(el => el.offsetParent !== null)
+  .map(el => [el.outerHTML.slice(0, 80), el.getBoundingClientRect()])
+  .filter(([, r]) => r.height < 44 || r.width < 44)
+  .map(([html, r]) => `${html} ${Math.round(r.width)}x${Math.round(r.height)}`)"""

@@ -14,7 +14,9 @@ from simulators.model import Alarm, Execution
 from tests.e2e.conftest import at_path, payload, wait_at
 from tests.panel.conftest import (
     HOSTILE,
+    PAGE_WEIGHT,
     QUALITY,
+    SMALL_TARGETS,
     TOKENS,
     PanelAgent,
     login,
@@ -216,9 +218,13 @@ async def test_reload_keeps_the_session_and_a_restart_asks_to_log_in_again(
         await second.runtime.stop(grace=1.0)
 
 
-async def test_screenshots_of_every_view(agent: PanelAgent, new_page, sim, tmp_path: Path) -> None:
+async def test_every_view_fits_the_weight_budget_has_finger_sized_targets_and_is_captured(
+    agent: PanelAgent, new_page, sim, tmp_path: Path
+) -> None:
     out = screenshot_dir(tmp_path)
     show(sim, 1, execution=Execution.ACTIVE, part_count=42)
+    show(sim, 2, alarms={1001: Alarm(1001, "spindle overload", 800)})
+    await agent.wait_until(lambda: agent.deriver("lathe-02").status == "ALARM", "lathe-02 in ALARM")
     page = await new_page(1280, 860)
     await login(page, agent.url, "admin", operator="Plant IT")
     views = {
@@ -231,6 +237,10 @@ async def test_screenshots_of_every_view(agent: PanelAgent, new_page, sim, tmp_p
     for name, path in views.items():
         resp = await page.goto(agent.url + path)
         assert resp is not None and resp.status == 200, path
+        await page.wait_for_load_state("load")
+        weight = await page.evaluate(PAGE_WEIGHT)
+        assert 0 < weight <= 150 * 1024, f"{path}: {weight} bytes on first load"
+        assert await page.evaluate(SMALL_TARGETS) == [], path
         await page.screenshot(path=str(out / f"panel-{name}.png"), full_page=name != "board")
     kiosk = await new_page(1920, 1080)
     await login(kiosk, agent.url, "viewer")
@@ -239,3 +249,4 @@ async def test_screenshots_of_every_view(agent: PanelAgent, new_page, sim, tmp_p
     assert sorted(p.name for p in out.glob("panel-*.png")) == sorted(
         [f"panel-{n}.png" for n in views] + ["panel-kiosk.png"]
     )
+    show(sim, 2, alarms={})

@@ -29,7 +29,7 @@
       if (isNaN(ts)) return;
       var d = new Date(ts * 1000);
       el.dateTime = d.toISOString();
-      el.textContent = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+      el.textContent = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
       el.title = d.toLocaleString();
     });
   }
