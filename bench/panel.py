@@ -1,0 +1,331 @@
+"""Operator panel benchmark: N machines, B open boards → the agent's extra CPU and memory, how fast a
+board follows a machine, and the time to first render of the board in Chromium.
+
+The real daemon (``python -m agent run``) runs as its own process on a generated config with N Modbus
+machines (1 Hz polls, ``min_state: 0s``) on the bundled simulators in this process. Phases, each
+``--seconds`` long, with the same machine changes (a few machines toggle READY ⇄ ACTIVE every second):
+
+1. no board open: the agent's CPU (utime+stime from /proc) and RSS;
+2. B boards open: each logs in with a viewer token, loads ``/panel/`` and holds ``/panel/events``
+   (Server-Sent Events, read by aiohttp clients here: a browser per board would eat the same two cores);
+   the latency is the arrival of a tile whose state word is the new one, minus the simulator change;
+3. with the boards still open, headless Debian Chromium loads the board R times with a session cookie:
+   first contentful paint and load event (``performance`` API), and the bytes on the wire.
+
+    .venv/bin/python bench/panel.py
+    .venv/bin/python bench/panel.py --machines 100 --boards 5 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from e2e import Agent, free_port, percentile  # noqa: E402
+
+from simulators.model import Execution, MachineState  # noqa: E402
+
+HOST = "127.0.0.1"
+PER_SERVER = 200  # Modbus unit ids per simulator server (the protocol allows 247)
+CHROMIUM = "/usr/bin/chromium"
+TILE = re.compile(r'class="word">([A-Z_]+)<')
+SINCE = re.compile(r'class="since" data-since="([0-9.]+)"')
+
+
+def proc_usage(pid: int) -> tuple[float, float]:
+    """CPU seconds used so far (user + system) and resident memory in MiB, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss_kb = next(
+        int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )  # fmt: skip
+    return cpu, rss_kb / 1024
+
+
+def write_config(root: Path, n: int, ports: list[int], token: str) -> tuple[Path, str]:
+    cfg = root / "config"
+    for sub in ("machines", "workflows"):
+        (cfg / sub).mkdir(parents=True, exist_ok=True)
+    api_port = free_port()
+    (cfg / "agent.yaml").write_text(
+        f"agent: {{name: bench, state_dir: {root / 'state'}}}\n"
+        "log: {level: warning, format: json}\n"
+        f"api:\n  bind: {HOST}:{api_port}\n"
+        f"  tokens: [{{name: wall, role: viewer, token: {token}}}]\n"
+        "downtime_categories: [Tooling, Maintenance Required]\n"
+    )
+    for i in range(n):
+        mid = f"m{i + 1:03d}"
+        port, unit = ports[i // PER_SERVER], i % PER_SERVER + 1
+        (cfg / "machines" / f"{mid}.yaml").write_text(
+            f"id: {mid}\nname: Machine {i + 1:03d}\ngroup: Cell {i // 25 + 1}\nprofile: modbus-sim\n"
+            f"modbus: {{host: {HOST}, port: {port}, unit: {unit}, timeout: 2s}}\npoll_interval: 1s\n"
+            "status: {min_state: 0s}\n"
+        )
+    return cfg / "agent.yaml", f"http://{HOST}:{api_port}"
+
+
+@dataclass
+class Board:
+    """One open board: a logged-in session holding the live stream."""
+
+    session: aiohttp.ClientSession
+    cookie: str
+    seen: list[tuple[str, str, float]] = field(default_factory=list)  # machine, state word, wall time
+    # Arrival minus the tile's status_since: the agent derived the change at a poll, and this is how
+    # long it then took to reach the board (without the wait for the next 1 Hz poll).
+    after_known: list[float] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    page_bytes: int = 0
+
+
+async def open_board(url: str, token: str) -> Board:
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))  # unsafe: an IP host
+    async with session.post(f"{url}/panel/login", data={"token": token}, allow_redirects=False) as resp:
+        assert resp.status == 303, await resp.text()
+        cookie = resp.cookies["edge_panel"].value
+    async with session.get(
+        f"{url}/panel/", headers={"Accept-Encoding": "gzip"}, allow_redirects=False
+    ) as resp:
+        assert resp.status == 200, resp.status
+        board = Board(session, cookie, page_bytes=int(resp.headers.get("Content-Length") or 0))
+        await resp.read()
+    board.task = asyncio.create_task(read_stream(board, url))
+    return board
+
+
+async def read_stream(board: Board, url: str) -> None:
+    async with board.session.get(f"{url}/panel/events", timeout=aiohttp.ClientTimeout(total=None)) as resp:
+        event = ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "tile":
+                msg = json.loads(line[6:])
+                m = TILE.search(msg["html"])
+                now = time.time()
+                if m:
+                    board.seen.append((msg["id"], m.group(1), now))
+                since = SINCE.search(msg["html"])
+                if since:
+                    board.after_known.append(now - float(since.group(1)))
+
+
+async def wait_all_known(url: str, token: str, n: int, within: float) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with asyncio.timeout(within), aiohttp.ClientSession(headers=headers) as session:
+        while True:
+            count, cursor = 0, None
+            while True:
+                params = {"limit": "200", **({"cursor": cursor} if cursor else {})}
+                async with session.get(f"{url}/api/v1/machines", params=params) as resp:
+                    page = await resp.json()
+                count += sum(1 for m in page["items"] if m.get("status") == "IDLE")
+                cursor = page.get("next_cursor")
+                if not cursor:
+                    break
+            if count == n:
+                return
+            await asyncio.sleep(0.5)  # a bench warm-up, not a test
+
+
+_turn = itertools.count()
+
+
+async def churn(
+    sims: list[Any],
+    states: list[MachineState],
+    seconds: float,
+    per_second: int,
+    log: list[tuple[str, str, float]],
+) -> None:
+    """Every second, ``per_second`` machines (round robin) flip READY ⇄ ACTIVE, spread over the second."""
+    n = len(states)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for step in range(int(seconds * per_second)):
+        await asyncio.sleep(max(0.0, start + step / per_second - loop.time()))
+        i = (next(_turn) * 7919) % n  # spread over servers and cells; continues across phases
+        st = states[i]
+        st.execution = Execution.ACTIVE if st.execution != Execution.ACTIVE else Execution.READY
+        sims[i // PER_SERVER].publish(i % PER_SERVER + 1)
+        log.append((f"m{i + 1:03d}", "ACTIVE" if st.execution == Execution.ACTIVE else "IDLE", time.time()))
+
+
+async def measure(pid: int, seconds: float, work: Any) -> tuple[float, float]:
+    """CPU % of one core and peak RSS MiB of ``pid`` while ``work`` runs for ``seconds``."""
+    cpu0, _ = proc_usage(pid)
+    t0 = time.monotonic()
+    peak = 0.0
+    task = asyncio.create_task(work)
+    while not task.done():
+        peak = max(peak, proc_usage(pid)[1])
+        await asyncio.wait({task}, timeout=0.5)
+    await task
+    cpu1, rss = proc_usage(pid)
+    return 100 * (cpu1 - cpu0) / (time.monotonic() - t0), max(peak, rss)
+
+
+def latencies(changes: list[tuple[str, str, float]], boards: list[Board]) -> tuple[list[float], int]:
+    out: list[float] = []
+    missing = 0
+    for board in boards:
+        seen: dict[str, list[tuple[str, float]]] = {}
+        for mid, word, at in board.seen:
+            seen.setdefault(mid, []).append((word, at))
+        for mid, word, at in changes:
+            hit = next((t for w, t in seen.get(mid, []) if w == word and t >= at), None)
+            if hit is None:
+                missing += 1
+            else:
+                out.append(hit - at)
+    return out, missing
+
+
+async def first_render(url: str, cookie: str, runs: int) -> list[dict[str, float]]:
+    if not os.access(CHROMIUM, os.X_OK):
+        return []
+    from playwright.async_api import async_playwright
+
+    out = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"],
+        )  # fmt: skip
+        for _ in range(runs):
+            # A fresh context each time: nothing cached, as on a tablet's first visit.
+            ctx = await browser.new_context(viewport={"width": 1920, "height": 1080})
+            await ctx.add_cookies([{"name": "edge_panel", "value": cookie, "url": url}])
+            page = await ctx.new_page()
+            await page.goto(f"{url}/panel/?kiosk=1", wait_until="load")
+            out.append(
+                await page.evaluate(
+                    """() => {
+                    const nav = performance.getEntriesByType("navigation")[0];
+                    const fcp = performance.getEntriesByName("first-contentful-paint")[0];
+                    const res = performance.getEntriesByType("resource");
+                    return {fcp: fcp ? fcp.startTime : -1, load: nav.loadEventEnd,
+                            bytes: nav.transferSize + res.reduce((a, r) => a + r.transferSize, 0),
+                            html: nav.decodedBodySize};
+                }"""
+                )
+            )
+            await ctx.close()
+        await browser.close()
+    return out
+
+
+def fmt(values: list[float], scale: float = 1000.0, unit: str = "ms") -> str:
+    if not values:
+        return "-"
+    return (
+        f"p50 {statistics.median(values) * scale:.0f} {unit}, p95 {percentile(values, 0.95) * scale:.0f} {unit}, "
+        f"max {max(values) * scale:.0f} {unit}"
+    )
+
+
+async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: int) -> int:
+    from simulators.modbus_server import start_modbus_server
+
+    states = [MachineState(name=f"m{i + 1:03d}") for i in range(n)]
+    sims = []
+    for first in range(0, n, PER_SERVER):
+        chunk = states[first : first + PER_SERVER]
+        sims.append(await start_modbus_server({u + 1: s for u, s in enumerate(chunk)}, HOST))
+    token = secrets.token_urlsafe(24)
+    root = Path(tempfile.mkdtemp(prefix="edge-agent-panel-"))
+    agent: Agent | None = None
+    boards: list[Board] = []
+    try:
+        config, url = write_config(root, n, [s.port for s in sims], token)
+        agent = await Agent.spawn(root, config)
+        await agent.ready(120)
+        pid = agent.proc.pid
+        await wait_all_known(url, token, n, 180)
+        print(f"{n} machines (Modbus, 1 Hz polls), {per_second} machine changes/s, {seconds:.0f} s per phase")
+
+        quiet_changes: list[tuple[str, str, float]] = []
+        cpu0, rss0 = await measure(pid, seconds, churn(sims, states, seconds, per_second, quiet_changes))
+        print(f"  no board open:      agent CPU {cpu0:5.1f} % of a core, RSS {rss0:6.1f} MiB")
+
+        boards = [await open_board(url, token) for _ in range(boards_n)]
+        await asyncio.sleep(1.0)
+        live_changes: list[tuple[str, str, float]] = []
+        cpu1, rss1 = await measure(pid, seconds, churn(sims, states, seconds, per_second, live_changes))
+        await asyncio.sleep(2.0)  # the last changes reach the boards
+        print(f"  {boards_n:2d} boards open:     agent CPU {cpu1:5.1f} % of a core, RSS {rss1:6.1f} MiB")
+        print(f"  extra for {boards_n} boards:  CPU {cpu1 - cpu0:+.1f} points, RSS {rss1 - rss0:+.1f} MiB")
+        lat, missing = latencies(live_changes, boards)
+        print(f"  simulator change -> tile at a board ({len(lat)} arrivals, {missing} missing): {fmt(lat)}")
+        known = [x for b in boards for x in b.after_known]
+        print(f"  agent knows (status_since) -> tile at a board: {fmt(known)}")
+        print(f"  board HTML, gzip on the wire: {boards[0].page_bytes / 1024:.1f} KiB")
+
+        renders_out = await first_render(url, boards[0].cookie, renders)
+        if renders_out:
+            fcp = [r["fcp"] / 1000 for r in renders_out]
+            load = [r["load"] / 1000 for r in renders_out]
+            print(
+                f"  Chromium, board ({renders} loads, {boards_n} boards open): first contentful paint {fmt(fcp)}"
+            )
+            print(f"                                                 load event {fmt(load)}")
+            print(
+                f"  first-load weight: {renders_out[0]['bytes'] / 1024:.1f} KiB on the wire "
+                f"(HTML {renders_out[0]['html'] / 1024:.1f} KiB decoded)"
+            )
+        else:
+            print(f"  time to first render: skipped, {CHROMIUM} not installed")
+        return 0 if missing == 0 else 1
+    finally:
+        for b in boards:
+            if b.task is not None:
+                b.task.cancel()
+            await b.session.close()
+        if agent is not None:
+            await agent.stop()
+        for s in sims:
+            await s.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--machines", type=int, default=500)
+    p.add_argument("--boards", type=int, default=20)
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--changes", type=int, default=10, help="machine changes per second")
+    p.add_argument("--renders", type=int, default=5)
+    a = p.parse_args()
+    if a.machines < 1 or a.boards < 1 or a.seconds <= 0 or a.changes < 1 or not math.isfinite(a.seconds):
+        p.error("machines, boards, changes must be >= 1 and seconds > 0")
+    return asyncio.run(run(a.machines, a.boards, a.seconds, a.changes, a.renders))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
