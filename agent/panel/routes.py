@@ -64,6 +64,9 @@ CTX: web.AppKey[PanelContext] = web.AppKey("panel", PanelContext)
 SESSIONS: web.AppKey[Sessions] = web.AppKey("panel_sessions", Sessions)
 JINJA: web.AppKey[jinja2.Environment] = web.AppKey("panel_jinja", jinja2.Environment)
 FORM: web.RequestKey[Any] = web.RequestKey("panel_form", object)
+# (machine, may operate) -> (the tile dict it was rendered from, the SSE message): twenty boards cost
+# one render per change, not twenty.
+TILE_CHUNKS: web.AppKey[dict[tuple[str, bool], tuple[object, bytes]]] = web.AppKey("panel_tile_chunks", dict)
 
 
 def install_panel(app: web.Application, ctx: PanelContext) -> None:
@@ -81,6 +84,7 @@ def install_panel(app: web.Application, ctx: PanelContext) -> None:
     app[CTX] = ctx
     app[SESSIONS] = Sessions(ctx.api.session_ttl, time.time)
     app[JINJA] = env
+    app[TILE_CHUNKS] = {}
     add_session_prefix(app, "/", exact=True)
     add_session_prefix(app, "/panel/")
     r = app.router
@@ -329,8 +333,7 @@ async def events(request: web.Request, session: Session) -> web.StreamResponse:
             tiles, tags = sub.take()
             now = ctx.pipeline.now()
             chunks = [
-                _sse("tile", {"id": mid, "now": now, "html": tile_html(env, tile, can_operate, now)})
-                for mid, tile in tiles.items()
+                _tile_chunk(request.app, env, mid, tile, can_operate, now) for mid, tile in tiles.items()
             ]
             if tags and machine is not None:
                 rows = env.get_template("_tags.html").render(tags=ctx.feed.tags(machine))
@@ -344,6 +347,23 @@ async def events(request: web.Request, session: Session) -> web.StreamResponse:
     finally:
         ctx.feed.unsubscribe(sub)
     return resp
+
+
+def _tile_chunk(
+    app: web.Application,
+    env: jinja2.Environment,
+    mid: str,
+    tile: Mapping[str, Any],
+    can_operate: bool,
+    now: float,
+) -> bytes:
+    cache = app[TILE_CHUNKS]
+    hit = cache.get((mid, can_operate))
+    if hit is not None and hit[0] is tile:
+        return hit[1]
+    chunk = _sse("tile", {"id": mid, "now": now, "html": tile_html(env, tile, can_operate, now)})
+    cache[(mid, can_operate)] = (tile, chunk)
+    return chunk
 
 
 def _sse(event: str, data: Mapping[str, Any]) -> bytes:
