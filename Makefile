@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/outbox.py
 	$(BIN)/python bench/poll.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/panel.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -116,6 +116,13 @@ async def open_board(url: str, token: str) -> Board:
     return board
 
 
+async def close_boards(boards: list[Board]) -> None:
+    for b in boards:
+        if b.task is not None:
+            b.task.cancel()
+        await b.session.close()
+
+
 async def read_stream(board: Board, url: str) -> None:
     async with board.session.get(f"{url}/panel/events", timeout=aiohttp.ClientTimeout(total=None)) as resp:
         event = ""
@@ -271,7 +278,7 @@ def fmt(values: list[float], scale: float = 1000.0, unit: str = "ms") -> str:
     )
 
 
-async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: int) -> int:
+async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: int, reps: int) -> int:
     from simulators.modbus_server import start_modbus_server
 
     states = [MachineState(name=f"m{i + 1:03d}") for i in range(n)]
@@ -291,24 +298,52 @@ async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: i
         await wait_all_known(url, token, n, 180)
         print(f"{n} machines (Modbus, 1 Hz polls), {per_second} machine changes/s, {seconds:.0f} s per phase")
 
-        quiet_changes: list[tuple[str, str, float]] = []
-        cpu0, rss0 = await measure(pid, seconds, churn(sims, states, seconds, per_second, quiet_changes))
-        print(f"  no board open:      agent CPU {cpu0:5.1f} % of a core, RSS {rss0:6.1f} MiB")
-
-        boards = [await open_board(url, token) for _ in range(boards_n)]
-        await asyncio.sleep(1.0)
-        live_changes: list[tuple[str, str, float]] = []
-        cpu1, rss1 = await measure(pid, seconds, churn(sims, states, seconds, per_second, live_changes))
-        await settle(boards)
-        print(f"  {boards_n:2d} boards open:     agent CPU {cpu1:5.1f} % of a core, RSS {rss1:6.1f} MiB")
-        print(f"  extra for {boards_n} boards:  CPU {cpu1 - cpu0:+.1f} points, RSS {rss1 - rss0:+.1f} MiB")
-        lat, missing = latencies(live_changes, boards)
+        quiet_cpu: list[float] = []
+        live_cpu: list[float] = []
+        quiet_rss: list[float] = []
+        live_rss: list[float] = []
+        lat: list[float] = []
+        known: list[float] = []
+        missing = 0
+        page_bytes = 0
+        cookie = ""
+        for rep in range(reps):
+            # Alternating phases, so load from outside (other work on the machine) hits both alike.
+            cpu, rss = await measure(pid, seconds, churn(sims, states, seconds, per_second, []))
+            quiet_cpu.append(cpu)
+            quiet_rss.append(rss)
+            boards = [await open_board(url, token) for _ in range(boards_n)]
+            await asyncio.sleep(1.0)
+            changes: list[tuple[str, str, float]] = []
+            cpu, rss = await measure(pid, seconds, churn(sims, states, seconds, per_second, changes))
+            live_cpu.append(cpu)
+            live_rss.append(rss)
+            await settle(boards)
+            got, miss = latencies(changes, boards)
+            lat += got
+            missing += miss
+            known += [x for b in boards for x in b.after_known]
+            page_bytes, cookie = boards[0].page_bytes, boards[0].cookie
+            print(
+                f"  round {rep + 1}: no board {quiet_cpu[-1]:5.1f} % CPU {quiet_rss[-1]:6.1f} MiB | "
+                f"{boards_n} boards {live_cpu[-1]:5.1f} % CPU {live_rss[-1]:6.1f} MiB | "
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
+            if rep + 1 < reps:
+                await close_boards(boards)
+                boards = []
+        q, b = statistics.median(quiet_cpu), statistics.median(live_cpu)
+        print(
+            f"  median: no board {q:.1f} % of a core, {boards_n} boards {b:.1f} % -> extra {b - q:+.1f} points"
+        )
+        print(
+            f"  RSS: {max(quiet_rss):.1f} MiB without boards, {max(live_rss):.1f} MiB with -> extra {max(live_rss) - max(quiet_rss):+.1f} MiB"
+        )
         print(f"  simulator change -> tile at a board ({len(lat)} arrivals, {missing} missing): {fmt(lat)}")
-        known = [x for b in boards for x in b.after_known]
         print(f"  agent knows (status_since) -> tile at a board: {fmt(known)}")
-        print(f"  board HTML, gzip on the wire: {boards[0].page_bytes / 1024:.1f} KiB")
+        print(f"  board HTML, gzip on the wire: {page_bytes / 1024:.1f} KiB")
 
-        renders_out = await first_render(url, boards[0].cookie, renders)
+        renders_out = await first_render(url, cookie, renders)
         if renders_out:
             fcp = [r["fcp"] / 1000 for r in renders_out if r["fcp"] >= 0]
             load = [r["load"] / 1000 for r in renders_out]
@@ -324,10 +359,7 @@ async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: i
             print(f"  time to first render: skipped, {CHROMIUM} not installed")
         return 0 if lat else 1
     finally:
-        for b in boards:
-            if b.task is not None:
-                b.task.cancel()
-            await b.session.close()
+        await close_boards(boards)
         if agent is not None:
             await agent.stop()
         for s in sims:
@@ -339,13 +371,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--machines", type=int, default=500)
     p.add_argument("--boards", type=int, default=20)
-    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--changes", type=int, default=10, help="machine changes per second")
     p.add_argument("--renders", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="alternating no-board / boards phases")
     a = p.parse_args()
     if a.machines < 1 or a.boards < 1 or a.seconds <= 0 or a.changes < 1 or not math.isfinite(a.seconds):
         p.error("machines, boards, changes must be >= 1 and seconds > 0")
-    return asyncio.run(run(a.machines, a.boards, a.seconds, a.changes, a.renders))
+    return asyncio.run(run(a.machines, a.boards, a.seconds, a.changes, a.renders, max(1, a.rounds)))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ class PanelAgent:
         await self.changes.until(predicate, limit, what)
 
 
-def write_config(folder: Path, sim: ModbusSimulator, receiver: Receiver, port: int) -> Path:
+def write_config(
+    folder: Path, sim: ModbusSimulator, receiver: Receiver, port: int, categorized: Receiver | None = None
+) -> Path:
     for sub in ("machines", "workflows"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     (folder / "machines" / "mill-01.yaml").write_text(
@@ -93,7 +95,7 @@ def write_config(folder: Path, sim: ModbusSimulator, receiver: Receiver, port: i
     )
     (folder / "workflows" / "categorized.yaml").write_text(
         "name: Downtime categorized\ntrigger: {type: downtime_categorized}\n"
-        + webhook(receiver.url + "categorized"),
+        + webhook((categorized or receiver).url + "categorized"),
         encoding="utf-8",
     )
     path = folder / "agent.yaml"
@@ -104,9 +106,10 @@ def write_config(folder: Path, sim: ModbusSimulator, receiver: Receiver, port: i
 
 
 async def start_panel_agent(
-    folder: Path, sim: ModbusSimulator, receiver: Receiver, port: int = 0
+    folder: Path, sim: ModbusSimulator, receiver: Receiver, port: int = 0, categorized: Receiver | None = None
 ) -> PanelAgent:
-    path = write_config(folder, sim, receiver, port or 8787)
+    """``categorized``: where the ``downtime_categorized`` workflow sends (default: ``receiver``)."""
+    path = write_config(folder, sim, receiver, port or 8787, categorized)
     config = with_api_port(load_config(path), port)
     runtime = Runtime(config, config_path=path)
     await runtime.start()

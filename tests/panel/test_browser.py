@@ -3,15 +3,16 @@ Modbus simulator and a receiver that verifies every webhook's signature."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 
 from playwright.async_api import Page, expect
 
-from agent.receiver import Receiver
+from agent.receiver import Receiver, start_receiver
 from simulators.model import Alarm, Execution
-from tests.e2e.conftest import at_path, payload, wait_at
+from tests.e2e.conftest import SECRET, at_path, payload, wait_at
 from tests.panel.conftest import (
     HOSTILE,
     PAGE_WEIGHT,
@@ -250,3 +251,74 @@ async def test_every_view_fits_the_weight_budget_has_finger_sized_targets_and_is
         [f"panel-{n}.png" for n in views] + ["panel-kiosk.png"]
     )
     show(sim, 2, alarms={})
+
+
+async def test_only_an_admin_retries_a_failed_delivery_and_enables_an_endpoint_gone_with_410(
+    tmp_path: Path, new_page, sim
+) -> None:
+    failing = await start_receiver(SECRET, status=500)  # quality inspection: fails for good
+    gone = await start_receiver(SECRET, status=410)  # downtime categorized: the endpoint is gone
+    agent = await start_panel_agent(tmp_path, sim, failing, categorized=gone)
+    outbox = agent.runtime.outbox
+    try:
+        operator = await new_page()
+        await login(operator, agent.url, "operator", operator="Jane")
+        await operator.goto(agent.url + "/panel/workflows")
+        form = operator.locator("form.manual", has=operator.get_by_role("heading", name=QUALITY))
+        async with operator.expect_navigation():
+            await form.get_by_role("button", name=QUALITY).click()
+        show(sim, 2, execution=Execution.ACTIVE)
+        await agent.wait_until(lambda: agent.deriver("lathe-02").status == "ACTIVE", "lathe-02 ACTIVE")
+        show(sim, 2, execution=Execution.STOPPED)
+        await agent.wait_until(lambda: agent.deriver("lathe-02").open_downtime is not None, "a downtime")
+        dt = agent.deriver("lathe-02").open_downtime.id
+        await operator.goto(agent.url + "/panel/downtimes")
+        resp = await operator.request.post(
+            f"{agent.url}/panel/downtimes/{dt}/category",
+            form={"csrf": await csrf_of(operator), "category": "Tooling"},
+        )
+        assert resp.ok
+
+        async def settled() -> bool:
+            dead = (await outbox.list(state="dead", limit=5)).items
+            return bool(dead) and gone.url + "categorized" in await outbox.disabled_endpoints()
+
+        for _ in range(100):  # the dispatcher's retries and 410 handling, bounded
+            if await settled():
+                break
+            await asyncio.sleep(0.1)
+        assert await settled(), "the 500s exhaust the retries and the 410 disables its endpoint"
+        dead = (await outbox.list(state="dead", limit=5)).items
+        assert [d.url for d in dead] == [failing.url + "quality"]
+
+        await operator.goto(agent.url + "/panel/deliveries")
+        await expect(operator.get_by_text("disabled: 410 Gone at attempt 1")).to_be_visible()
+        assert await operator.get_by_role("button", name="Enable").count() == 0
+        assert await operator.get_by_role("button", name="Retry").count() == 0
+        resp = await operator.request.post(
+            agent.url + "/panel/endpoints/enable",
+            form={"csrf": await csrf_of(operator), "url": gone.url + "categorized"},
+        )
+        assert resp.status == 403
+        assert gone.url + "categorized" in await outbox.disabled_endpoints()
+
+        admin = await new_page()
+        await login(admin, agent.url, "admin")
+        await admin.goto(agent.url + "/panel/deliveries")
+        async with admin.expect_navigation():
+            await admin.get_by_role("button", name="Enable").click()
+        await expect(admin.get_by_role("status")).to_have_text("Endpoint enabled.")
+        assert gone.url + "categorized" not in await outbox.disabled_endpoints()
+        sent = len(failing.received)
+        async with admin.expect_navigation():
+            await admin.get_by_role("button", name="Retry").click()
+        await expect(admin.get_by_role("status")).to_have_text(f"Delivery {dead[0].id} will be sent again.")
+        for _ in range(100):  # the dispatcher sends it again, bounded
+            if len(failing.received) > sent:
+                break
+            await asyncio.sleep(0.1)
+        assert len(failing.received) > sent
+    finally:
+        await agent.runtime.stop(grace=1.0)
+        await failing.stop()
+        await gone.stop()
