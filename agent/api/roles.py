@@ -18,6 +18,9 @@ VIEWER, OPERATOR, ADMIN = ROLES
 _NEEDS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/downtimes/{id}/category"): OPERATOR,
     ("POST", "/api/v1/workflows/{name}/trigger"): OPERATOR,
+    # Workflows and executions show webhook URLs (a chat webhook's URL is its own secret): not for
+    # the wall display's token.
+    ("GET", "/api/v1/workflows"): OPERATOR,
     ("GET", "/api/v1/executions"): OPERATOR,
     ("POST", "/api/v1/reload"): ADMIN,
     # The operator panel (agent/panel): a viewer sees the board, and nothing else.

@@ -79,6 +79,7 @@ def install_panel(app: web.Application, ctx: PanelContext) -> None:
         lstrip_blocks=True,
     )
     env.filters["duration"] = views.duration_text
+    env.filters["url_shown"] = views.url_shown
     env.globals["state_class"] = views.state_class
     env.globals["legend"] = views.STATE_LEGEND
     app[CTX] = ctx

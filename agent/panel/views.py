@@ -226,6 +226,16 @@ def duration_text(seconds: float | None) -> str:
     return f"{sec}s"
 
 
+def url_shown(url: str, full: bool) -> str:
+    """A webhook URL for the screen: whole for an admin, else scheme and host only (a Slack or Teams
+    webhook URL carries its credential in the path)."""
+    if full:
+        return url
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}{sep}{host}/…" if sep else "…"
+
+
 def clock_text(ts: float | None, tz: tzinfo = UTC) -> str:
     if ts is None:
         return "—"

@@ -9,7 +9,7 @@ from agent.api.settings import RoleToken
 from agent.config.source import Secret
 from agent.panel.feed import LiveFeed, Subscriber
 from agent.panel.session import Sessions, csrf_ok
-from agent.panel.views import duration_text, lanes, state_class, status_segments, tile_view
+from agent.panel.views import duration_text, lanes, state_class, status_segments, tile_view, url_shown
 from tests.derive.builders import MACHINE, deriver, good
 
 
@@ -123,3 +123,10 @@ def test_sessions_expire_and_csrf_must_match() -> None:
     assert s.operator_object("  John Smith ", "op456") == {"id": "op456", "name": "John Smith"}
     now[0] = 61.0
     assert sessions.get(s.id) is None and len(sessions) == 0
+
+
+def test_webhook_urls_are_shown_whole_to_admins_only() -> None:
+    slack = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+    assert url_shown(slack, True) == slack
+    assert url_shown(slack, False) == "https://hooks.slack.com/…"
+    assert url_shown("https://user:pw@example.com/x", False) == "https://example.com/…"

@@ -92,6 +92,7 @@ def test_roles_are_ordered() -> None:
         ("POST", "/api/v1/downtimes/{id}/category", OPERATOR),
         ("POST", "/api/v1/workflows/{name}/trigger", OPERATOR),
         ("GET", "/api/v1/executions", OPERATOR),
+        ("GET", "/api/v1/workflows", OPERATOR),
         ("POST", "/api/v1/reload", ADMIN),
         ("POST", "/api/v1/something-new", ADMIN),
         ("GET", "/panel/", VIEWER),
