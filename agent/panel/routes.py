@@ -396,9 +396,9 @@ def _timeline(ctx: PanelContext, machine_id: str) -> dict[str, Any]:
         alarms += [views.alarm_view(a) for a in deriver.active_alarms]
     return {
         "day": day,
-        "states": views.lanes(views.status_segments(list(hist.status), start, now), start, now),
-        "downtimes": views.lanes(views.downtime_segments(downtimes, start, now), start, now),
-        "alarms": views.lanes(views.alarm_segments(alarms, start, now), start, now),
+        "states": views.lanes(views.status_segments(list(hist.status), start, now), start, now, tz=tz),
+        "downtimes": views.lanes(views.downtime_segments(downtimes, start, now), start, now, tz=tz),
+        "alarms": views.lanes(views.alarm_segments(alarms, start, now), start, now, tz=tz),
         "ticks": views.hour_ticks(start, now),
         "downtime_list": sorted(downtimes, key=lambda d: d["started_at"] or 0, reverse=True),
         "alarm_list": sorted(alarms, key=lambda a: a["since"] or 0, reverse=True),
@@ -494,7 +494,21 @@ async def workflows_page(request: web.Request, session: Session) -> web.StreamRe
     rows = []
     for wf in sorted(pipeline.workflows.values(), key=lambda w: w.name):
         last = pipeline.last_execution(wf.name)
-        rows.append({"wf": wf, "last": last})
+        shown: dict[str, Any] | None
+        if last is not None:
+            shown = {
+                "at": last.at,
+                "machine": last.machine_id,
+                "state": "queued" if last.durable else "waiting",
+            }
+        else:
+            # Before this run's first firing: the outbox's history (kept across restarts).
+            page = await ctx.outbox.executions(workflow=wf.name, limit=1)
+            ex = page.items[0] if page.items else None
+            shown = (
+                None if ex is None else {"at": ex.created_at, "machine": ex.machine_id, "state": "history"}
+            )
+        rows.append({"wf": wf, "last": shown})
         if isinstance(wf.trigger, ManualTrigger) and wf.enabled:
             manual.append({"wf": wf, "machines": [m for m in machines if in_scope(wf.scope, m)]})
     return _render(

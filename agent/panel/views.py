@@ -178,22 +178,22 @@ def alarm_segments(alarms: Iterable[Mapping[str, Any]], day_start: float, now: f
 
 
 def lanes(
-    segments: Sequence[Segment], day_start: float, now: float, width: float = 1000.0
+    segments: Sequence[Segment], day_start: float, now: float, width: float = 1000.0, tz: tzinfo = UTC
 ) -> list[dict[str, Any]]:
-    """Segments as x/width on a ``width``-wide bar from local midnight to now (SVG units)."""
+    """Segments as x/width on a ``width``-wide bar from local midnight to now, with local clock times."""
     span = max(now - day_start, 1.0)
     out = []
     for s in segments:
         x = (s.start - day_start) / span * width
-        w = max((s.end - s.start) / span * width, 0.5)  # a 2-second stop still shows as a hairline
+        w = max((s.end - s.start) / span * width, 1.0)  # a 2-second stop still shows as a hairline
         out.append(
             {
                 "x": round(x, 2),
-                "w": round(w, 2),
+                "w": round(min(w, width - x), 2),
                 "label": s.label,
                 "kind": s.kind,
-                "start": s.start,
-                "end": s.end,
+                "from": clock_text(s.start, tz)[:5],
+                "to": clock_text(s.end, tz)[:5],
             }
         )
     return out

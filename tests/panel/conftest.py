@@ -8,7 +8,8 @@ The runtime runs on real time: the browser counts durations from the agent's tim
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,12 +107,17 @@ def write_config(
 
 
 async def start_panel_agent(
-    folder: Path, sim: ModbusSimulator, receiver: Receiver, port: int = 0, categorized: Receiver | None = None
+    folder: Path,
+    sim: ModbusSimulator,
+    receiver: Receiver,
+    port: int = 0,
+    categorized: Receiver | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> PanelAgent:
     """``categorized``: where the ``downtime_categorized`` workflow sends (default: ``receiver``)."""
     path = write_config(folder, sim, receiver, port or 8787, categorized)
     config = with_api_port(load_config(path), port)
-    runtime = Runtime(config, config_path=path)
+    runtime = Runtime(config, config_path=path, clock=clock)
     await runtime.start()
     assert runtime.api_url is not None
     bound = int(runtime.api_url.rsplit(":", 1)[1])

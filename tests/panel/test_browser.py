@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Page, expect
 
 from agent.receiver import Receiver, start_receiver
-from simulators.model import Alarm, Execution
-from tests.e2e.conftest import SECRET, at_path, payload, wait_at
+from simulators.model import Alarm, Execution, OperationMode
+from tests.e2e.conftest import DAY, SECRET, FakeClock, at_path, payload, wait_at
 from tests.panel.conftest import (
     HOSTILE,
     PAGE_WEIGHT,
@@ -151,6 +153,8 @@ async def test_quality_inspection_button_sends_a_manual_trigger(
     async with page.expect_navigation():
         await form.get_by_role("button", name=QUALITY).click()
     await expect(page.get_by_role("status")).to_contain_text(f"{QUALITY} sent for lathe-02")
+    row = page.get_by_role("row").filter(has=page.get_by_role("cell", name=QUALITY, exact=True))
+    await expect(row).to_contain_text("lathe-02 · queued")
     got = await wait_at(receiver, "/quality", before + 1)
     body = payload(got[-1])
     assert body["event"] == "manual_trigger"
@@ -242,14 +246,15 @@ async def test_every_view_fits_the_weight_budget_has_finger_sized_targets_and_is
         weight = await page.evaluate(PAGE_WEIGHT)
         assert 0 < weight <= 150 * 1024, f"{path}: {weight} bytes on first load"
         assert await page.evaluate(SMALL_TARGETS) == [], path
-        await page.screenshot(path=str(out / f"panel-{name}.png"), full_page=name != "board")
+        if name != "machine":  # the machine page's picture comes from a whole shift, below
+            await page.screenshot(path=str(out / f"panel-{name}.png"), full_page=name != "board")
     kiosk = await new_page(1920, 1080)
     await login(kiosk, agent.url, "viewer")
     await kiosk.goto(agent.url + "/panel/?kiosk=1")
     await kiosk.screenshot(path=str(out / "panel-kiosk.png"))
-    assert sorted(p.name for p in out.glob("panel-*.png")) == sorted(
-        [f"panel-{n}.png" for n in views] + ["panel-kiosk.png"]
-    )
+    assert {p.name for p in out.glob("panel-*.png")} >= {
+        f"panel-{n}.png" for n in views if n != "machine"
+    } | {"panel-kiosk.png"}
     show(sim, 2, alarms={})
 
 
@@ -322,3 +327,54 @@ async def test_only_an_admin_retries_a_failed_delivery_and_enables_an_endpoint_g
         await agent.runtime.stop(grace=1.0)
         await failing.stop()
         await gone.stop()
+
+
+async def test_a_shift_is_drawn_on_the_machine_timeline(
+    tmp_path: Path, new_page, sim, receiver: Receiver
+) -> None:
+    """The agent's clock walks through a shift (yesterday, from 06:00) while the simulator plays it; the
+    timeline shows each state, the downtimes with the categories given in the browser, and the alarm."""
+    day = (int(time.time()) // DAY - 1) * DAY
+    clock = FakeClock(day + 6 * 3600)
+    show(sim, 1, execution=Execution.READY, alarms={}, mode=OperationMode.AUTOMATIC)
+    agent = await start_panel_agent(tmp_path, sim, receiver, clock=clock)
+    mill = agent.deriver("mill-01")
+    page = await new_page(1280, 900)
+    await login(page, agent.url, "operator", operator="Jane Doe", op_id="op-77")
+
+    async def play(status: str, minutes: float, category: str | None = None, **state: Any) -> None:
+        show(sim, 1, **state)
+        await agent.wait_until(lambda: mill.status == status, f"mill-01 {status}")
+        if category is not None:
+            dt = mill.open_downtime
+            await page.goto(agent.url + f"/panel/downtimes?focus={dt.id}")
+            card = page.locator(f"#dt-{dt.id}")
+            await card.locator("select[name=category]").select_option(category)
+            async with page.expect_navigation():
+                await card.get_by_role("button", name="Categorize").click()
+        clock.advance(minutes * 60)
+
+    try:
+        await play("ACTIVE", 55, execution=Execution.ACTIVE)
+        await play("IDLE", 12, "Waiting for Material", execution=Execution.READY)
+        await play("ACTIVE", 95, execution=Execution.ACTIVE)
+        await play("ALARM", 18, "Maintenance Required", alarms={1001: Alarm(1001, "spindle overload", 800)})
+        await play("ACTIVE", 70, alarms={}, execution=Execution.ACTIVE)
+        await play("SETUP", 35, "Tooling", mode=OperationMode.SETUP)
+        await play("ACTIVE", 50, mode=OperationMode.AUTOMATIC)
+        await play("IDLE", 9, execution=Execution.READY)
+        await page.goto(agent.url + "/panel/machines/mill-01")
+        timeline = page.locator("#timeline")
+        states = await timeline.locator(".lane").nth(0).locator(".seg").all_inner_texts()
+        assert states[-8:] == ["ACTIVE", "IDLE", "ACTIVE", "ALARM", "ACTIVE", "SETUP", "ACTIVE", "IDLE"]
+        downtimes = timeline.locator(".lane").nth(1).locator(".seg")
+        titles = [await d.get_attribute("title") for d in await downtimes.all()]
+        assert [t.split(",")[0] for t in titles if t] == [
+            "Waiting for Material", "Maintenance Required", "Tooling", "uncategorized"
+        ]  # fmt: skip
+        assert titles[0] == "Waiting for Material, 06:55–07:07"
+        await expect(timeline.locator(".lane").nth(2)).to_contain_text("1001 Spindle overload")
+        await page.screenshot(path=str(screenshot_dir(tmp_path) / "panel-machine.png"), full_page=True)
+    finally:
+        await agent.runtime.stop(grace=1.0)
+        show(sim, 1, execution=Execution.READY, alarms={}, mode=OperationMode.AUTOMATIC)
