@@ -234,7 +234,7 @@ class Runtime:
             if events:
                 self._spawn(self.pipeline.fire(events))
             if self.feed is not None:
-                self.feed.samples(machine_id, samples)
+                self.feed.samples(machine_id, samples, derived=bool(events))
 
         return sink
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.panel.views import TagValue, tag_values, tile_view
+from agent.panel.views import TagValue, tag_rows, tile_view
+from drivers.base import Reading
 
 # Per machine, in memory: today's picture for the timeline without a new table in the state store.
 MAX_HISTORY = 500
@@ -25,12 +26,12 @@ class Subscriber:
 
     machine: str | None = None
     tiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tags: dict[str, TagValue] = field(default_factory=dict)
+    tags_changed: bool = False
     wake: Any = None  # asyncio.Event, created in the loop that reads it
 
-    def take(self) -> tuple[dict[str, dict[str, Any]], dict[str, TagValue]]:
-        tiles, tags = self.tiles, self.tags
-        self.tiles, self.tags = {}, {}
+    def take(self) -> tuple[dict[str, dict[str, Any]], bool]:
+        tiles, tags = self.tiles, self.tags_changed
+        self.tiles, self.tags_changed = {}, False
         if self.wake is not None:
             self.wake.clear()
         return tiles, tags
@@ -54,7 +55,8 @@ class LiveFeed:
         self._derivers = derivers
         self._clock = clock
         self._tiles: dict[str, dict[str, Any]] = {}
-        self._tags: dict[str, dict[str, TagValue]] = {}
+        # The newest reading of each tag, as the driver made it: formatted only when a page shows it.
+        self._tags: dict[str, dict[str, Reading]] = {}
         self._history: dict[str, MachineHistory] = {}
         self._subscribers: set[Subscriber] = set()
         self.published = 0  # tile changes sent out (bench/panel.py reads it)
@@ -62,16 +64,21 @@ class LiveFeed:
 
     # -- fed by the runtime
 
-    def samples(self, machine_id: str, samples: Sequence[Any]) -> None:
-        """A collector delivered ``samples`` and the pipeline derived from them."""
-        tags = tag_values(samples)
-        if tags:
-            self._tags.setdefault(machine_id, {}).update(tags)
-            for sub in self._subscribers:
-                if sub.machine == machine_id:
-                    sub.tags.update(tags)
-                    self._wake(sub)
-        self.observe(machine_id)
+    def samples(self, machine_id: str, samples: Sequence[Any], derived: bool = True) -> None:
+        """A collector delivered ``samples`` and the pipeline derived from them; ``derived`` says it
+        produced events. Every change a tile shows (state, alarm, downtime, part count) is an event,
+        so a poll without one costs only the bookkeeping of tag values; the tick's ``observe_all``
+        catches the rest within a second."""
+        latest = self._tags.setdefault(machine_id, {})
+        for s in samples:
+            if isinstance(s, Reading):
+                latest[s.tag] = s
+        for sub in self._subscribers:
+            if sub.machine == machine_id:
+                sub.tags_changed = True
+                self._wake(sub)
+        if derived:
+            self.observe(machine_id)
 
     def observe(self, machine_id: str) -> None:
         """Publish ``machine_id``'s tile if it differs from the last one published."""
@@ -115,7 +122,7 @@ class LiveFeed:
         return [self._tiles[mid] for mid in sorted(known) if mid in self._tiles]
 
     def tags(self, machine_id: str) -> list[TagValue]:
-        return sorted(self._tags.get(machine_id, {}).values(), key=lambda t: t.tag)
+        return tag_rows(self._tags.get(machine_id, {}).values())
 
     def history(self, machine_id: str) -> MachineHistory:
         return self._history.get(machine_id) or MachineHistory()

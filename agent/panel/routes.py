@@ -336,7 +336,7 @@ async def events(request: web.Request, session: Session) -> web.StreamResponse:
             chunks = [
                 _tile_chunk(request.app, env, mid, tile, can_operate, now) for mid, tile in tiles.items()
             ]
-            if tags and machine is not None:
+            if tags and machine is not None:  # formatted once per wake, however many polls came
                 rows = env.get_template("_tags.html").render(tags=ctx.feed.tags(machine))
                 chunks.append(_sse("tags", {"now": now, "html": rows}))
             await resp.write(b"".join(chunks))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from drivers.base import AlarmNotice, Reading
+from drivers.base import Reading
 
 # ISA-101: grey for normal, colour only where it asks for attention. Word and meaning, said once on
 # the board's legend.
@@ -107,15 +107,10 @@ class TagValue:
     at: float
 
 
-def tag_values(samples: Iterable[Any]) -> dict[str, TagValue]:
-    """The newest value of each tag in ``samples`` (readings only; alarm notices are not tags)."""
-    out: dict[str, TagValue] = {}
-    for s in samples:
-        if isinstance(s, Reading):
-            out[s.tag] = TagValue(s.tag, show_value(s.value), str(s.quality), s.reason, s.timestamp)
-        elif not isinstance(s, AlarmNotice):
-            continue
-    return out
+def tag_rows(readings: Iterable[Reading]) -> list[TagValue]:
+    """Tag rows for the machine page, by tag name."""
+    rows = [TagValue(r.tag, show_value(r.value), str(r.quality), r.reason, r.timestamp) for r in readings]
+    return sorted(rows, key=lambda t: t.tag)
 
 
 def show_value(value: Any) -> str:

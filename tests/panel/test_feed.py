@@ -71,8 +71,10 @@ def test_tag_values_go_only_to_that_machines_page() -> None:
     for s in (board, page, other):
         feed.subscribe(s)
     feed.samples(MACHINE.id, plant.read(execution="READY", part_count=7))
-    assert board.tags == {} and other.tags == {}
-    assert page.tags["part_count"].value == "7" and page.tags["part_count"].quality == "good"
+    assert not board.tags_changed and not other.tags_changed
+    assert page.tags_changed
+    rows = {t.tag: t for t in feed.tags(MACHINE.id)}
+    assert rows["part_count"].value == "7" and rows["part_count"].quality == "good"
     feed.unsubscribe(page)
     assert feed.subscribers == 2
 
