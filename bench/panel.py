@@ -182,6 +182,18 @@ async def churn(
         log.append((f"m{i + 1:03d}", "ACTIVE" if st.execution == Execution.ACTIVE else "IDLE", time.time()))
 
 
+async def readings(url: str, token: str) -> float:
+    """Tag readings the agent has collected so far (its /metrics): did it keep up with its polls?"""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as session, session.get(f"{url}/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("edge_agent_readings_total{")
+    )
+
+
 async def measure(pid: int, seconds: float, work: Any) -> tuple[float, float]:
     """CPU % of one core and peak RSS MiB of ``pid`` while ``work`` runs for ``seconds``."""
     cpu0, _ = proc_usage(pid)
@@ -309,13 +321,17 @@ async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: i
         cookie = ""
         for rep in range(reps):
             # Alternating phases, so load from outside (other work on the machine) hits both alike.
+            r0, t0 = await readings(url, token), time.monotonic()
             cpu, rss = await measure(pid, seconds, churn(sims, states, seconds, per_second, []))
+            quiet_rate = (await readings(url, token) - r0) / (time.monotonic() - t0)
             quiet_cpu.append(cpu)
             quiet_rss.append(rss)
             boards = [await open_board(url, token) for _ in range(boards_n)]
             await asyncio.sleep(1.0)
             changes: list[tuple[str, str, float]] = []
+            r0, t0 = await readings(url, token), time.monotonic()
             cpu, rss = await measure(pid, seconds, churn(sims, states, seconds, per_second, changes))
+            live_rate = (await readings(url, token) - r0) / (time.monotonic() - t0)
             live_cpu.append(cpu)
             live_rss.append(rss)
             await settle(boards)
@@ -325,9 +341,9 @@ async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: i
             known += [x for b in boards for x in b.after_known]
             page_bytes, cookie = boards[0].page_bytes, boards[0].cookie
             print(
-                f"  round {rep + 1}: no board {quiet_cpu[-1]:5.1f} % CPU {quiet_rss[-1]:6.1f} MiB | "
-                f"{boards_n} boards {live_cpu[-1]:5.1f} % CPU {live_rss[-1]:6.1f} MiB | "
-                f"load average {os.getloadavg()[0]:.1f}"
+                f"  round {rep + 1}: no board {quiet_cpu[-1]:5.1f} % CPU {quiet_rss[-1]:6.1f} MiB "
+                f"{quiet_rate:6.0f} readings/s | {boards_n} boards {live_cpu[-1]:5.1f} % CPU "
+                f"{live_rss[-1]:6.1f} MiB {live_rate:6.0f} readings/s | load average {os.getloadavg()[0]:.1f}"
             )
             if rep + 1 < reps:
                 await close_boards(boards)
