@@ -2,7 +2,8 @@
 board follows a machine, and the time to first render of the board in Chromium.
 
 The real daemon (``python -m agent run``) runs as its own process on a generated config with N Modbus
-machines (1 Hz polls, ``min_state: 0s``) on the bundled simulators in this process. Phases, each
+machines (1 Hz polls, ``min_state: 0s``) on the bundled simulators, hosted by a child process of this
+script (``--serve N``); this process plays the machine changes and holds the boards. Phases, each
 ``--seconds`` long, with the same machine changes (a few machines toggle READY ⇄ ACTIVE every second):
 
 1. no board open: the agent's CPU (utime+stime from /proc) and RSS;
@@ -162,24 +163,66 @@ async def wait_all_known(url: str, token: str, n: int, within: float) -> None:
 _turn = itertools.count()
 
 
-async def churn(
-    sims: list[Any],
-    states: list[MachineState],
-    seconds: float,
-    per_second: int,
-    log: list[tuple[str, str, float]],
-) -> None:
+class Simulators:
+    """The Modbus simulators in a process of their own (``--serve N``): serving 500 machines' polls is
+    most of a core in Python, and must not queue behind this process's board readers."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, ports: list[int], n: int) -> None:
+        self.proc, self.ports, self.n = proc, ports, n
+        self.active = [False] * n
+
+    @classmethod
+    async def start(cls, n: int) -> Simulators:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--serve", str(n),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        ports = json.loads(await proc.stdout.readline())
+        return cls(proc, ports, n)
+
+    def flip(self, i: int) -> bool:
+        assert self.proc.stdin is not None
+        self.active[i] = not self.active[i]
+        self.proc.stdin.write(f"{i} {int(self.active[i])}\n".encode())
+        return self.active[i]
+
+    async def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        await self.proc.wait()
+
+
+async def serve(n: int) -> None:
+    """The simulator process: ports on stdout, then ``index 0|1`` lines on stdin set READY/ACTIVE."""
+    from simulators.modbus_server import start_modbus_server
+
+    states = [MachineState(name=f"m{i + 1:03d}") for i in range(n)]
+    sims = []
+    for first in range(0, n, PER_SERVER):
+        chunk = states[first : first + PER_SERVER]
+        sims.append(await start_modbus_server({u + 1: s for u, s in enumerate(chunk)}, HOST))
+    print(json.dumps([s.port for s in sims]), flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        i, on = (int(x) for x in line.split())
+        states[i].execution = Execution.ACTIVE if on else Execution.READY
+        sims[i // PER_SERVER].publish(i % PER_SERVER + 1)
+    for s in sims:
+        await s.stop()
+
+
+async def churn(sims: Simulators, seconds: float, per_second: int, log: list[tuple[str, str, float]]) -> None:
     """Every second, ``per_second`` machines (round robin) flip READY ⇄ ACTIVE, spread over the second."""
-    n = len(states)
     loop = asyncio.get_running_loop()
     start = loop.time()
     for step in range(int(seconds * per_second)):
         await asyncio.sleep(max(0.0, start + step / per_second - loop.time()))
-        i = (next(_turn) * 7919) % n  # spread over servers and cells; continues across phases
-        st = states[i]
-        st.execution = Execution.ACTIVE if st.execution != Execution.ACTIVE else Execution.READY
-        sims[i // PER_SERVER].publish(i % PER_SERVER + 1)
-        log.append((f"m{i + 1:03d}", "ACTIVE" if st.execution == Execution.ACTIVE else "IDLE", time.time()))
+        i = (next(_turn) * 7919) % sims.n  # spread over servers and cells; continues across phases
+        active = sims.flip(i)
+        log.append((f"m{i + 1:03d}", "ACTIVE" if active else "IDLE", time.time()))
 
 
 async def readings(url: str, token: str) -> float:
@@ -291,19 +334,13 @@ def fmt(values: list[float], scale: float = 1000.0, unit: str = "ms") -> str:
 
 
 async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: int, reps: int) -> int:
-    from simulators.modbus_server import start_modbus_server
-
-    states = [MachineState(name=f"m{i + 1:03d}") for i in range(n)]
-    sims = []
-    for first in range(0, n, PER_SERVER):
-        chunk = states[first : first + PER_SERVER]
-        sims.append(await start_modbus_server({u + 1: s for u, s in enumerate(chunk)}, HOST))
+    sims = await Simulators.start(n)
     token = secrets.token_urlsafe(24)
     root = Path(tempfile.mkdtemp(prefix="edge-agent-panel-"))
     agent: Agent | None = None
     boards: list[Board] = []
     try:
-        config, url = write_config(root, n, [s.port for s in sims], token)
+        config, url = write_config(root, n, sims.ports, token)
         agent = await Agent.spawn(root, config)
         await agent.ready(120)
         pid = agent.proc.pid
@@ -322,7 +359,7 @@ async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: i
         for rep in range(reps):
             # Alternating phases, so load from outside (other work on the machine) hits both alike.
             r0, t0 = await readings(url, token), time.monotonic()
-            cpu, rss = await measure(pid, seconds, churn(sims, states, seconds, per_second, []))
+            cpu, rss = await measure(pid, seconds, churn(sims, seconds, per_second, []))
             quiet_rate = (await readings(url, token) - r0) / (time.monotonic() - t0)
             quiet_cpu.append(cpu)
             quiet_rss.append(rss)
@@ -330,7 +367,7 @@ async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: i
             await asyncio.sleep(1.0)
             changes: list[tuple[str, str, float]] = []
             r0, t0 = await readings(url, token), time.monotonic()
-            cpu, rss = await measure(pid, seconds, churn(sims, states, seconds, per_second, changes))
+            cpu, rss = await measure(pid, seconds, churn(sims, seconds, per_second, changes))
             live_rate = (await readings(url, token) - r0) / (time.monotonic() - t0)
             live_cpu.append(cpu)
             live_rss.append(rss)
@@ -378,8 +415,7 @@ async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: i
         await close_boards(boards)
         if agent is not None:
             await agent.stop()
-        for s in sims:
-            await s.stop()
+        await sims.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -391,7 +427,11 @@ def main() -> int:
     p.add_argument("--changes", type=int, default=10, help="machine changes per second")
     p.add_argument("--renders", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3, help="alternating no-board / boards phases")
+    p.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the simulator child process
     a = p.parse_args()
+    if a.serve:
+        asyncio.run(serve(a.serve))
+        return 0
     if a.machines < 1 or a.boards < 1 or a.seconds <= 0 or a.changes < 1 or not math.isfinite(a.seconds):
         p.error("machines, boards, changes must be >= 1 and seconds > 0")
     return asyncio.run(run(a.machines, a.boards, a.seconds, a.changes, a.renders, max(1, a.rounds)))
