@@ -110,6 +110,12 @@ class Dispatcher:
         """New rows were enqueued (or something else changed): look again now."""
         self._wakeup.set()
 
+    def recheck(self) -> None:
+        """Endpoint state changed in the outbox (re-enabled from the panel): read it at the next turn
+        instead of at the next maintenance."""
+        self._next_maintenance = 0.0
+        self.wake()
+
     def set_endpoints(self, endpoints: Mapping[str, EndpointConfig]) -> None:
         old = self._endpoints
         self._endpoints = dict(endpoints)

@@ -594,7 +594,7 @@ async def enable_endpoint(request: web.Request, session: Session) -> web.StreamR
     assert url is not None
     ok = await ctx.outbox.enable_endpoint(url)
     if ctx.dispatcher is not None:
-        ctx.dispatcher.wake()
+        ctx.dispatcher.recheck()  # its held rows go out now, not at the next maintenance
     log.info("panel_endpoint_enabled", by=session.token_name, ok=ok)
     return _back(
         session,
