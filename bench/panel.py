@@ -419,6 +419,47 @@ async def run(n: int, boards_n: int, seconds: float, per_second: int, renders: i
         shutil.rmtree(root, ignore_errors=True)
 
 
+def feed_cost(n: int) -> None:
+    """In-process: the live feed's cost per poll (no events, the common case) and per tick."""
+    from agent.config.source import Problems, Section, load_yaml
+    from agent.derive import Categories, MachineDeriver, parse_derivation
+    from agent.events import MachineRef
+    from agent.panel.feed import LiveFeed
+    from drivers.base import Quality, Reading
+
+    problems = Problems()
+    profile = load_yaml(ROOT / "agent" / "profiles" / "modbus-sim.yaml", problems)
+    tags = set(profile["tags"])
+    spec = parse_derivation(Section(profile, file="modbus-sim.yaml", path="", problems=problems), tags)
+    refs = {f"m{i:03d}": MachineRef(f"m{i:03d}", f"Machine {i}", "Cell") for i in range(n)}
+    derivers = {mid: MachineDeriver(spec, ref, Categories.of(["Tooling"])) for mid, ref in refs.items()}
+    now = [time.time()]
+    feed = LiveFeed(lambda: refs, lambda: derivers, lambda: now[0])
+    values = {t: 0 for t in tags} | {"execution": "READY", "mode": "AUTOMATIC", "estop": False}
+    polls = 20_000
+    mid = next(iter(derivers))
+    batches = [
+        [Reading(mid, t, v, Quality.GOOD, now[0] + i) for t, v in values.items()] for i in range(polls)
+    ]
+    for other, od in derivers.items():  # every machine with a status, as on a running plant
+        first = [Reading(other, t, v, Quality.GOOD, now[0]) for t, v in values.items()]
+        feed.samples(other, first, derived=bool(od.ingest(first, now[0])))
+    t0 = time.perf_counter()
+    for batch in batches:
+        feed.samples(mid, batch, derived=False)
+    per_poll = (time.perf_counter() - t0) / polls
+    feed.observe_all()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        now[0] += 1
+        feed.observe_all()
+    per_tick = (time.perf_counter() - t0) / 20
+    print(
+        f"live feed, in process: {per_poll * 1e6:.1f} us per poll without events ({len(values)} tags), "
+        f"{per_tick * 1e3:.1f} ms per tick for {n} machines"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--machines", type=int, default=500)
@@ -427,10 +468,14 @@ def main() -> int:
     p.add_argument("--changes", type=int, default=10, help="machine changes per second")
     p.add_argument("--renders", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3, help="alternating no-board / boards phases")
+    p.add_argument("--feed-only", action="store_true", help="only the in-process live feed figures")
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the simulator child process
     a = p.parse_args()
     if a.serve:
         asyncio.run(serve(a.serve))
+        return 0
+    feed_cost(a.machines)
+    if a.feed_only:
         return 0
     if a.machines < 1 or a.boards < 1 or a.seconds <= 0 or a.changes < 1 or not math.isfinite(a.seconds):
         p.error("machines, boards, changes must be >= 1 and seconds > 0")
