@@ -72,6 +72,7 @@ async def test_a_wrong_token_is_refused_and_each_role_sees_its_own_pages(agent: 
     cookies = await operator.context.cookies()
     session = next(c for c in cookies if c["name"] == "edge_panel")
     assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert not session["secure"], "plain HTTP: Secure only under TLS (tests/panel/test_tls.py)"
     # The token itself is never kept in the browser.
     assert all(TOKENS["operator"] not in c["value"] for c in cookies)
 
