@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/e2e.py
 	$(BIN)/python bench/reconnect.py
 	$(BIN)/python bench/alarms.py --minutes 4
+	$(BIN)/python bench/panel.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -68,6 +68,7 @@ class Runtime:
         self.store: Any = None
         self.pipeline: Any = None
         self.dispatcher: Any = None
+        self.feed: Any = None  # the operator panel's live feed, when the panel is on
         self.api_url: str | None = None
         self._outbox_counts: Any = None
         self._disk_error: str | None = None
@@ -113,6 +114,10 @@ class Runtime:
         )
         await self.pipeline.start()
         await self.pipeline.publish_state()
+        if cfg.agent.api.enabled and cfg.agent.api.panel:
+            from agent.panel.feed import LiveFeed
+
+            self.feed = LiveFeed(lambda: self.pipeline.machines, lambda: self.pipeline.derivers, self.clock)
         await self.dispatcher.start()
         await self._start_api()
         for machine in cfg.machines:
@@ -137,6 +142,8 @@ class Runtime:
         self.notifier.stopping("stopping")
         log.info("agent_stopping")
         await asyncio.gather(*(self.collection.stop(mid) for mid in list(self.collection.runs)))
+        if self.feed is not None:
+            self.feed.close()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.supervisor.stop_all()
@@ -193,6 +200,8 @@ class Runtime:
         events = self.pipeline.derive(machine_id, samples)
         if events:
             self._spawn(self.pipeline.fire(events))
+        if self.feed is not None:
+            self.feed.samples(machine_id, samples, derived=bool(events))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -229,6 +238,8 @@ class Runtime:
                 log.error("tag_publishing_failed", error=repr(exc))
             for ex in executions:
                 self.metrics.count_workflow(ex.workflow, "queued" if ex.durable else "waiting")
+            if self.feed is not None:
+                self.feed.observe_all()  # timers, and categorizations made through the JSON API
             if loop.time() - self._counts_at >= OUTBOX_COUNTS_SECONDS:
                 self._counts_at = loop.time()
                 await self._refresh_outbox_counts()
@@ -300,6 +311,21 @@ class Runtime:
         app.router.add_post("/api/v1/reload", self._reload_handler)
         add_public_route(app, "GET", "/healthz", self._healthz)
         add_public_route(app, "GET", "/readyz", self._readyz)
+        if self.feed is not None:
+            from agent.panel.routes import PanelContext, install_panel
+
+            install_panel(
+                app,
+                PanelContext(
+                    pipeline=self.pipeline,
+                    outbox=self.outbox,
+                    dispatcher=self.dispatcher,
+                    feed=self.feed,
+                    api=api,
+                    categories=lambda: self.config.agent.categories.names,
+                    agent_name=lambda: self.config.agent.name,
+                ),
+            )
         self._runner = await start_api(app, api)
         host = api.base_url.rsplit(":", 1)[0]
         self.api_url = f"{host}:{bound_port(self._runner)}"

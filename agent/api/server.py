@@ -1,6 +1,8 @@
 """The local operator API: trigger workflows, categorize downtimes, read live state and history.
 
-Every request carries ``Authorization: Bearer <token>`` (compared in constant time). Errors are JSON
+Every request carries ``Authorization: Bearer <token>`` (compared in constant time); the token's role
+must permit the route (``agent.api.roles``: 401 without a known token, 403 when the role is too low).
+Paths registered with ``add_session_prefix`` (the operator panel) do their own auth. Errors are JSON
 ``{"error": {"code", "message", "field"}}`` with a 4xx status for anything the client sent; a 500 only
 ever means a bug here, and its body says nothing about internals.
 """
@@ -8,7 +10,6 @@ ever means a bug here, and its body says nothing about internals.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from agent.api.roles import bearer_token, permits, required_role
 from agent.api.settings import ApiConfig
 from agent.delivery.outbox import Outbox
 from agent.derive.errors import DeriveError, UnknownCategory, UnknownDowntime
@@ -44,6 +46,8 @@ OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
 CONFIG: web.AppKey[ApiConfig] = web.AppKey("config", ApiConfig)
 # Paths answered without a token: liveness probes (the runtime's /healthz, /readyz); see ``add_public_route``.
 PUBLIC: web.AppKey[set[str]] = web.AppKey("public_paths", set)
+# Path prefixes that authenticate themselves (the panel: session cookie + CSRF, HTML errors).
+SESSION_PREFIXES: web.AppKey[list[tuple[str, bool]]] = web.AppKey("session_prefixes", list)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 MAX_LIMIT = 200
@@ -67,7 +71,7 @@ class ApiError(web.HTTPException):
 
 def is_authorized(request: web.Request) -> bool:
     """Whether the request carries the API's token (public routes use it to decide what to reveal)."""
-    return _authorized(request, request.app[CONFIG])
+    return bearer_token(request.headers.get("Authorization", ""), request.app[CONFIG]) is not None
 
 
 def _host_allowed(request: web.Request, config: ApiConfig) -> bool:
@@ -91,32 +95,37 @@ def _host_allowed(request: web.Request, config: ApiConfig) -> bool:
         return False
 
 
-def _authorized(request: web.Request, config: ApiConfig) -> bool:
-    if config.token is None:
-        return False
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return False
-    # aiohttp decodes header bytes as latin-1 with surrogateescape: a non-ASCII or undecodable token
-    # cannot be ours (tokens are checked at config time) and must not raise on the way to a 401.
-    try:
-        presented = given.strip().encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return hmac.compare_digest(presented, config.token.reveal().encode("utf-8"))
+def _check_role(request: web.Request, config: ApiConfig) -> None:
+    """401 without a known bearer token, 403 when its role may not use this route."""
+    token = bearer_token(request.headers.get("Authorization", ""), config)
+    if token is None:
+        err = ApiError(401, "unauthorized", "missing or wrong bearer token")
+        err.headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
+        raise err
+    route = request.match_info.route.resource
+    pattern = route.canonical if route is not None else request.path
+    need = required_role(request.method, pattern)
+    if not permits(token.role, need):
+        raise ApiError(403, "forbidden", f"token {token.name!r} has role {token.role}; this needs {need}")
+
+
+def _self_guarded(request: web.Request) -> bool:
+    path = request.path
+    return any(path == p or (not exact and path.startswith(p)) for p, exact in request.app[SESSION_PREFIXES])
 
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     config = request.app[CONFIG]
+    if not _host_allowed(request, config):
+        # Before anything else, the panel's pages included: a browser sent here by DNS rebinding
+        # would carry the panel's session cookie.
+        raise ApiError(421, "wrong_host", "this API answers only to a loopback Host header", "Host")
+    if _self_guarded(request):
+        return await handler(request)
     try:
-        if not _host_allowed(request, config):
-            raise ApiError(421, "wrong_host", "this API answers only to a loopback Host header", "Host")
-        if request.path not in request.app[PUBLIC] and not _authorized(request, config):
-            err = ApiError(401, "unauthorized", "missing or wrong bearer token")
-            err.headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
-            raise err
+        if request.path not in request.app[PUBLIC]:
+            _check_role(request, config)
         return await handler(request)
     except ApiError:
         raise
@@ -507,6 +516,7 @@ def create_app(pipeline: Pipeline, outbox: Outbox, config: ApiConfig) -> web.App
     app[OUTBOX] = outbox
     app[CONFIG] = config
     app[PUBLIC] = set(PUBLIC_PATHS)
+    app[SESSION_PREFIXES] = []
     app.router.add_get("/api/v1/machines", list_machines)
     app.router.add_get("/api/v1/machines/{id}", get_machine)
     app.router.add_get("/api/v1/downtimes", list_downtimes)
@@ -596,6 +606,12 @@ class _CappedSite(web.BaseSite):
         self._server = await asyncio.get_running_loop().create_server(
             self.cap, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, reuse_address=True
         )
+
+
+def add_session_prefix(app: web.Application, prefix: str, *, exact: bool = False) -> None:
+    """Requests under ``prefix`` (or for exactly that path) skip the bearer check and the JSON error
+    shape: the handlers there authenticate with their own session."""
+    app[SESSION_PREFIXES].append((prefix, exact))
 
 
 async def start_api(app: web.Application, config: ApiConfig) -> web.AppRunner:

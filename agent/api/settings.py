@@ -1,4 +1,4 @@
-"""The ``api:`` section of agent.yaml: where the operator API listens and the token it requires."""
+"""The ``api:`` section of agent.yaml: where the operator API listens, its role tokens, and the panel."""
 
 from __future__ import annotations
 
@@ -8,7 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config.source import Secret, Section, as_bool, as_duration, as_int, as_size, as_str, in_range
+from agent.config.source import (
+    Secret,
+    Section,
+    as_bool,
+    as_duration,
+    as_int,
+    as_size,
+    as_str,
+    in_range,
+    one_of,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
@@ -20,6 +30,18 @@ DEFAULT_IDLE_TIMEOUT = 10.0
 # Open API connections, well below the unit's LimitNOFILE= (8192) and even systemd's default soft
 # limit of 1,024: the outbox, the PLC links and outgoing webhooks need descriptors too.
 DEFAULT_MAX_CONNECTIONS = 128
+# Least to most: each role may do everything the roles before it may.
+ROLES = ("viewer", "operator", "admin")
+DEFAULT_SESSION_TTL = 12 * 3600.0
+
+
+@dataclass(frozen=True)
+class RoleToken:
+    """One bearer token and what it may do; ``name`` (never the token) is what logs and sessions show."""
+
+    name: str
+    role: str
+    secret: Secret
 
 
 @dataclass(frozen=True)
@@ -34,11 +56,21 @@ class ApiConfig:
     allow_plaintext: bool = False
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # ``token`` above is the admin token of older configs; ``tokens`` adds tokens per role.
+    tokens: tuple[RoleToken, ...] = ()
+    panel: bool = True
+    session_ttl: float = DEFAULT_SESSION_TTL
 
     @property
     def exposed_plaintext(self) -> bool:
         """A non-loopback bind without TLS: the token would cross the plant network in clear text."""
         return not self.loopback and not self.tls
+
+    @property
+    def role_tokens(self) -> tuple[RoleToken, ...]:
+        """Every accepted token: the legacy ``token`` counts as an admin token named "token"."""
+        legacy = (RoleToken("token", "admin", self.token),) if self.token is not None else ()
+        return legacy + self.tokens
 
     @property
     def tls(self) -> bool:
@@ -91,15 +123,21 @@ def parse_api(section: Section) -> ApiConfig:
     enabled = section.get("enabled", as_bool, bool(section.keys()))
     host, port = section.get("bind", _bind, (DEFAULT_HOST, DEFAULT_PORT))
     token = section.secret("token")
+    tokens = _role_tokens(section, token)
+    panel = section.sub("panel")
+    panel_on = panel.get("enabled", as_bool, True)
+    session_ttl = panel.get("session_ttl", in_range(as_duration, 60.0, 30 * 86400.0), DEFAULT_SESSION_TTL)
+    panel.done()
     max_body = section.get("max_body", in_range(as_size, 1024, 16 * 2**20), DEFAULT_MAX_BODY)
     cert = _file(section, "tls_cert_file")
     key = _file(section, "tls_key_file")
     if section.has("tls_cert_file") != section.has("tls_key_file"):
         missing = "tls_cert_file" if section.has("tls_key_file") else "tls_key_file"
         section.error(missing, "TLS needs both tls_cert_file and tls_key_file")
-    if enabled and token is None and not any(section.has(k) for k in ("token", "token_file", "token_env")):
+    given = any(section.has(k) for k in ("token", "token_file", "token_env", "tokens"))
+    if enabled and token is None and not tokens and not given:
         section.error_here(
-            "the API needs a bearer token: give token, token_file or token_env (or enabled: false)"
+            "the API needs a bearer token: give token, token_file, token_env or tokens (or enabled: false)"
         )
     if token is not None and len(token.reveal()) < MIN_TOKEN_LENGTH:
         section.error_here(f"the API token must be at least {MIN_TOKEN_LENGTH} characters")
@@ -128,11 +166,43 @@ def parse_api(section: Section) -> ApiConfig:
         allow_plaintext=allow_plaintext,
         idle_timeout=idle_timeout,
         max_connections=max_connections,
+        tokens=tuple(tokens),
+        panel=panel_on,
+        session_ttl=session_ttl,
     )
 
 
 def _header_safe(text: str) -> bool:
     return text.isascii() and text.isprintable() and text == text.strip()
+
+
+def _role_tokens(section: Section, legacy: Secret | None) -> list[RoleToken]:
+    """``tokens: [{name, role, token | token_file | token_env}]``; names and tokens must be unique."""
+    out: list[RoleToken] = []
+    names: set[str] = set()
+    for item in section.sections("tokens"):
+        name = item.need("name", as_str)
+        role = item.need("role", one_of(*ROLES))
+        secret = item.secret("token", required=True)
+        item.done()
+        if name in names or name == "token":
+            item.error("name", f"token name {name!r} is taken: names are unique and 'token' means api.token")
+        names.add(name)
+        if secret is None or not name or not role:
+            continue
+        if len(secret.reveal()) < MIN_TOKEN_LENGTH:
+            item.error_here(f"a token must be at least {MIN_TOKEN_LENGTH} characters")
+            continue
+        if not _header_safe(secret.reveal()):
+            item.error_here("a token must be printable ASCII (it travels in an HTTP header)")
+            continue
+        taken = [t.secret for t in out] + ([legacy] if legacy is not None else [])
+        if any(t.reveal() == secret.reveal() for t in taken):
+            # A token that maps to two roles would make its role depend on list order.
+            item.error_here(f"token {name!r} has the same value as another token")
+            continue
+        out.append(RoleToken(name, role, secret))
+    return out
 
 
 def _file(section: Section, key: str) -> Path | None:

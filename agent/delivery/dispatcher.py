@@ -92,6 +92,12 @@ class Dispatcher:
         """New rows were enqueued (or something else changed): look again now."""
         self._wakeup.set()
 
+    def recheck(self) -> None:
+        """Endpoint state changed in the outbox (re-enabled from the panel): read it at the next turn
+        instead of at the next maintenance."""
+        self._next_maintenance = 0.0
+        self.wake()
+
     def set_endpoints(self, endpoints: Mapping[str, Destination]) -> None:
         old = self._endpoints
         self._endpoints = dict(endpoints)
@@ -110,6 +116,11 @@ class Dispatcher:
     @property
     def wake_pending(self) -> bool:
         return self._wakeup.is_set()
+
+    @property
+    def open_breakers(self) -> frozenset[str]:
+        """Endpoint keys whose circuit breaker is open (the operator panel shows them)."""
+        return frozenset(key for key, st in self._state.items() if st.breaker.is_open)
 
     @property
     def disabled(self) -> Mapping[str, str]:

@@ -1,0 +1,134 @@
+"""The live feed and the panel's pure views: a tile is published when, and only when, it changes; a
+slow board gets the newest tile, not a backlog; sessions expire by the injected clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.api.settings import RoleToken
+from agent.config.source import Secret
+from agent.panel.feed import LiveFeed, Subscriber
+from agent.panel.session import Sessions, csrf_ok
+from agent.panel.views import duration_text, lanes, state_class, status_segments, tile_view, url_shown
+from tests.derive.builders import MACHINE, deriver, good
+
+
+class Plant:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.machines: dict[str, Any] = {MACHINE.id: MACHINE}
+        self.derivers: dict[str, Any] = {MACHINE.id: deriver()}
+
+    def feed(self) -> LiveFeed:
+        return LiveFeed(lambda: self.machines, lambda: self.derivers, lambda: self.now)
+
+    def read(self, **values: Any) -> list[Any]:
+        self.now += 1
+        samples = good(self.now, **values)
+        self.derivers[MACHINE.id].ingest(samples, self.now)
+        return samples
+
+
+def test_a_tile_is_published_only_when_it_changes() -> None:
+    plant = Plant()
+    feed = plant.feed()
+    sub = Subscriber()
+    feed.subscribe(sub)
+    samples = plant.read(execution="ACTIVE", mode="AUTOMATIC", estop=False, alarm_code=0, part_count=5)
+    feed.samples(MACHINE.id, samples)
+    first = feed.published
+    assert first == 1 and sub.tiles[MACHINE.id]["id"] == MACHINE.id
+    sub.take()
+    for _ in range(3):  # the same values again: nothing to send
+        feed.samples(
+            MACHINE.id,
+            plant.read(execution="ACTIVE", mode="AUTOMATIC", estop=False, alarm_code=0, part_count=5),
+        )
+    assert feed.published == first and sub.tiles == {}
+    plant.now += 10  # past min_state
+    plant.derivers[MACHINE.id].tick(plant.now)
+    feed.observe_all()
+    assert feed.published == first + 1
+    assert sub.tiles[MACHINE.id]["status"] == "ACTIVE"
+
+
+def test_a_slow_board_gets_the_newest_tile_not_a_backlog() -> None:
+    plant = Plant()
+    feed = plant.feed()
+    sub = Subscriber()
+    feed.subscribe(sub)
+    for count in range(50):
+        feed.samples(MACHINE.id, plant.read(execution="READY", part_count=count))
+    tiles, _ = sub.take()
+    assert list(tiles) == [MACHINE.id]
+    assert tiles[MACHINE.id] == feed.tile(MACHINE.id)
+
+
+def test_tag_values_go_only_to_that_machines_page() -> None:
+    plant = Plant()
+    feed = plant.feed()
+    board, page, other = Subscriber(), Subscriber(machine=MACHINE.id), Subscriber(machine="lathe-02")
+    for s in (board, page, other):
+        feed.subscribe(s)
+    feed.samples(MACHINE.id, plant.read(execution="READY", part_count=7))
+    assert not board.tags_changed and not other.tags_changed
+    assert page.tags_changed
+    rows = {t.tag: t for t in feed.tags(MACHINE.id)}
+    assert rows["part_count"].value == "7" and rows["part_count"].quality == "good"
+    feed.unsubscribe(page)
+    assert feed.subscribers == 2
+
+
+def test_a_machine_removed_by_a_reload_leaves_the_board() -> None:
+    plant = Plant()
+    feed = plant.feed()
+    assert [t["id"] for t in feed.tiles()] == [MACHINE.id]
+    plant.machines.clear()
+    feed.observe_all()
+    assert feed.tiles() == []
+
+
+def test_tiles_carry_no_growing_durations() -> None:
+    plant = Plant()
+    d = plant.derivers[MACHINE.id]
+    a = tile_view(MACHINE, d, plant.now)
+    b = tile_view(MACHINE, d, plant.now + 3600)
+    assert a == b, "the browser counts time in state; an unchanged machine must not be re-sent"
+
+
+def test_status_segments_are_clipped_to_today() -> None:
+    day_start, now = 86_400.0, 86_400.0 + 7200
+    segs = status_segments([(80_000.0, "IDLE"), (90_000.0, "ACTIVE"), (91_000.0, "ALARM")], day_start, now)
+    assert [(s.start, s.end, s.label, s.kind) for s in segs] == [
+        (86_400.0, 90_000.0, "IDLE", "st-idle"),
+        (90_000.0, 91_000.0, "ACTIVE", "st-active"),
+        (91_000.0, now, "ALARM", "st-alarm"),
+    ]
+    drawn = lanes(segs, day_start, now)
+    assert drawn[0]["x"] == 0 and round(sum(s["w"] for s in drawn)) == 1000
+
+
+def test_words_and_durations() -> None:
+    assert state_class("WARMUP") == "st-idle"  # a plant's own state word is drawn as a calm one
+    assert state_class(None) == "st-unknown"
+    assert [duration_text(x) for x in (None, 9.7, 249, 3900)] == ["—", "9s", "4m 09s", "1h 05m"]
+
+
+def test_sessions_expire_and_csrf_must_match() -> None:
+    now = [0.0]
+    sessions = Sessions(ttl=60.0, clock=lambda: now[0])
+    token = RoleToken("tablet", "operator", Secret("oper-token-0123456789", "test"))
+    s = sessions.open(token, {"name": "Jane"})
+    assert sessions.get(s.id) is s and s.role == "operator" and s.operator == {"name": "Jane"}
+    assert "oper-token" not in s.id + s.csrf
+    assert csrf_ok(s, s.csrf) and not csrf_ok(s, None) and not csrf_ok(s, s.csrf[:-1])
+    assert s.operator_object("  John Smith ", "op456") == {"id": "op456", "name": "John Smith"}
+    now[0] = 61.0
+    assert sessions.get(s.id) is None and len(sessions) == 0
+
+
+def test_webhook_urls_are_shown_whole_to_admins_only() -> None:
+    slack = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+    assert url_shown(slack, True) == slack
+    assert url_shown(slack, False) == "https://hooks.slack.com/…"
+    assert url_shown("https://user:pw@example.com/x", False) == "https://example.com/…"
