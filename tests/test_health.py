@@ -20,6 +20,7 @@ def test_every_reason_to_be_unhealthy_is_named() -> None:
         Facts(
             disk_error="OperationalError: disk I/O error",
             outbox_unavailable=True,
+            recovery_pending=True,
             waiting=12,
             rejected=3,
             counts=counts(pending=1, oldest=601.0),
@@ -28,13 +29,16 @@ def test_every_reason_to_be_unhealthy_is_named() -> None:
     )
     assert not health.ok
     assert health.reasons == [
-        "outbox unavailable: OperationalError: disk I/O error",
+        "outbox unavailable: it cannot be read (see the agent log)",
         "outbox cannot be written (disk full or I/O error); new deliveries wait in memory",
+        "deliveries left in flight by the last run wait for disk space to be retried",
         "12 deliveries waiting in memory: the outbox refuses writes",
         "3 deliveries rejected since start: outbox and memory full",
         "outbox not draining: oldest pending delivery is 601s old",
         "every machine is disconnected",
     ]
+    # The error text can hold paths and SQL: only callers with a token see it (/readyz's detail).
+    assert health.detail == {"outbox_error": "OperationalError: disk I/O error"}
 
 
 def test_no_machines_is_not_the_same_as_all_disconnected() -> None:
