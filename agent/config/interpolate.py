@@ -37,7 +37,8 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
         body = match.group("body")
         parsed = _BODY.fullmatch(body) if body is not None else None
         if parsed is None:
-            raise ValueError(f"cannot read {whole!r}: {SYNTAX}")
+            # The text is not echoed: the value may be a literal secret that happens to hold "${".
+            raise ValueError(f"a '${{' that is not a variable reference: {SYNTAX}")
         name, default = parsed.group("name"), parsed.group("default")
         value = env.get(name, "")
         if value:
