@@ -40,20 +40,50 @@ def _is_logger(node: ast.expr) -> bool:
     return text == "log" or text.endswith(("._log", ".log")) or "get_logger(" in text
 
 
+def _levels(node: ast.expr) -> list[str]:
+    """The levels of ``log.info`` or ``log.info if quiet else log.debug``; [] for anything else."""
+    if isinstance(node, ast.Attribute) and node.attr in LEVELS and _is_logger(node.value):
+        return [node.attr]
+    if isinstance(node, ast.IfExp):
+        body, orelse = _levels(node.body), _levels(node.orelse)
+        return body + orelse if body and orelse else []
+    return []
+
+
+def _aliases(tree: ast.AST) -> dict[str, list[str]]:
+    """Names bound to a logger method (``emit = log.info if few else log.debug``) and their levels."""
+    out: dict[str, list[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            levels = _levels(node.value)
+            if levels:
+                out[node.targets[0].id] = levels
+    return out
+
+
 def calls(tree: ast.AST) -> Iterator[tuple[str, str, list[str]]]:
     """(event, level, keyword names) of every log call with a literal event name in ``tree``."""
+    aliases = _aliases(tree)
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+        if not isinstance(node, ast.Call):
             continue
-        name = node.func.attr
-        if name in LEVELS and _is_logger(node.func.value) and node.args:
-            arg, level = node.args[0], name
-        elif name in EVENT_HELPERS and len(node.args) > EVENT_HELPERS[name]:
-            arg, level = node.args[EVENT_HELPERS[name]], "warning"
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in aliases and node.args:
+            arg, levels = node.args[0], aliases[func.id]
+        elif isinstance(func, ast.Attribute) and _levels(func) and node.args:
+            arg, levels = node.args[0], _levels(func)
+        elif (
+            isinstance(func, ast.Attribute)
+            and func.attr in EVENT_HELPERS
+            and len(node.args) > EVENT_HELPERS[func.attr]
+        ):
+            arg, levels = node.args[EVENT_HELPERS[func.attr]], ["warning"]
         else:
             continue
         if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-            yield arg.value, level, sorted(k.arg for k in node.keywords if k.arg not in (None, "exc_info"))
+            keywords = sorted(k.arg for k in node.keywords if k.arg not in (None, "exc_info"))
+            for level in levels:
+                yield arg.value, level, keywords
 
 
 def scan(root: Path = ROOT) -> dict[str, Event]:

@@ -33,11 +33,15 @@ structlog.get_logger("agent.run").error("state_dir_in_use", error=e)
 self._outage("modbus_disconnected", reason)
 section.error("bind", "expected host:port")
 log.warning(event_name_in_a_variable)
+emit = log.info if few else log.debug
+emit("sim_step", machine=m)
 """
-    assert list(calls(ast.parse(source))) == [
+    assert sorted(calls(ast.parse(source))) == [
         ("api_listening", "info", ["host", "port"]),
-        ("state_dir_in_use", "error", ["error"]),
         ("modbus_disconnected", "warning", []),
+        ("sim_step", "debug", ["machine"]),
+        ("sim_step", "info", ["machine"]),
+        ("state_dir_in_use", "error", ["error"]),
     ]
 
 
