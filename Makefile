@@ -24,9 +24,11 @@ test: $(STAMP)
 	@echo "==> running the test suite on every core (the demo test alone takes about 80 s)"
 	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
-# docs/cli.md from the argparse definitions; tests/cli/test_reference.py fails when it is stale.
+# docs/cli.md from the argparse definitions, docs/logs.md from the log calls; tests/cli/test_reference.py
+# and tests/cli/test_log_events.py fail when they are stale.
 docs: $(STAMP)
 	$(BIN)/python -m agent.commands.reference
+	$(BIN)/python -m agent.commands.log_events
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

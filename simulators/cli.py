@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
 from collections.abc import Sequence
 
+from agent.config.interpolate import port_variable
 from agent.config.source import ConfigError
 from agent.logs import LEVELS, configure
 from simulators.fleet import MAX_MODBUS_UNITS, Fleet, FleetConfig
@@ -38,9 +40,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--machines", type=int, default=1, help="how many machines, sim-01.. (default 1)")
     parser.add_argument("--protocol", choices=("modbus", "opcua", "both"), default="both")
     parser.add_argument(
-        "--modbus-port", type=port_number, default=5020, help="Modbus TCP port, 0 = any free one"
+        "--modbus-port",
+        type=port_number,
+        default=None,
+        help="Modbus TCP port, 0 = any free one (default $EDGE_AGENT_MODBUS_PORT, else 5020)",
     )
-    parser.add_argument("--opcua-port", type=port_number, default=4840, help="OPC-UA port, 0 = any free one")
+    parser.add_argument(
+        "--opcua-port",
+        type=port_number,
+        default=None,
+        help="OPC-UA port, 0 = any free one (default $EDGE_AGENT_OPCUA_PORT, else 4840)",
+    )
     parser.add_argument(
         "--scenario",
         default="demo",
@@ -78,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario)
     except ConfigError as exc:
         print(f"simulate: bad scenario:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        # The shipped config/ names the same variables, so one export moves both sides.
+        if args.modbus_port is None:
+            args.modbus_port = port_variable("EDGE_AGENT_MODBUS_PORT", os.environ)
+        if args.opcua_port is None:
+            args.opcua_port = port_variable("EDGE_AGENT_OPCUA_PORT", os.environ)
+    except ValueError as exc:
+        print(f"simulate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for flag, port in (("--modbus-port", args.modbus_port), ("--opcua-port", args.opcua_port)):
         if not 0 <= port <= 65535:

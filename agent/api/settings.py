@@ -124,25 +124,14 @@ def parse_api(section: Section) -> ApiConfig:
     host, port = section.get("bind", _bind, (DEFAULT_HOST, DEFAULT_PORT))
     token = section.secret("token")
     tokens = _role_tokens(section, token)
-    panel = section.sub("panel")
-    panel_on = panel.get("enabled", as_bool, True)
-    session_ttl = panel.get("session_ttl", in_range(as_duration, 60.0, 30 * 86400.0), DEFAULT_SESSION_TTL)
-    panel.done()
+    panel_on, session_ttl = _panel(section.sub("panel"))
     max_body = section.get("max_body", in_range(as_size, 1024, 16 * 2**20), DEFAULT_MAX_BODY)
     cert = _file(section, "tls_cert_file")
     key = _file(section, "tls_key_file")
     if section.has("tls_cert_file") != section.has("tls_key_file"):
         missing = "tls_cert_file" if section.has("tls_key_file") else "tls_key_file"
         section.error(missing, "TLS needs both tls_cert_file and tls_key_file")
-    given = any(section.has(k) for k in ("token", "token_file", "token_env", "tokens"))
-    if enabled and token is None and not tokens and not given:
-        section.error_here(
-            "the API needs a bearer token: give token, token_file, token_env or tokens (or enabled: false)"
-        )
-    if token is not None and len(token.reveal()) < MIN_TOKEN_LENGTH:
-        section.error_here(f"the API token must be at least {MIN_TOKEN_LENGTH} characters")
-    if token is not None and not _header_safe(token.reveal()):
-        section.error_here("the API token must be printable ASCII (it travels in an HTTP header)")
+    _check_token(section, enabled, token, tokens)
     allow_plaintext = section.get("allow_plaintext", as_bool, False)
     idle_timeout = section.get("idle_timeout", in_range(as_duration, 1.0, 600.0), DEFAULT_IDLE_TIMEOUT)
     max_connections = section.get("max_connections", in_range(as_int, 1, 4096), DEFAULT_MAX_CONNECTIONS)
@@ -170,6 +159,27 @@ def parse_api(section: Section) -> ApiConfig:
         panel=panel_on,
         session_ttl=session_ttl,
     )
+
+
+def _panel(panel: Section) -> tuple[bool, float]:
+    """``api.panel``: whether the operator panel is served, and how long a login lasts."""
+    enabled = panel.get("enabled", as_bool, True)
+    session_ttl = panel.get("session_ttl", in_range(as_duration, 60.0, 30 * 86400.0), DEFAULT_SESSION_TTL)
+    panel.done()
+    return enabled, session_ttl
+
+
+def _check_token(section: Section, enabled: bool, token: Secret | None, tokens: list[RoleToken]) -> None:
+    """An enabled API needs a token; ``api.token`` must be long enough and fit in an HTTP header."""
+    given = any(section.has(k) for k in ("token", "token_file", "token_env", "tokens"))
+    if enabled and token is None and not tokens and not given:
+        section.error_here(
+            "the API needs a bearer token: give token, token_file, token_env or tokens (or enabled: false)"
+        )
+    if token is not None and len(token.reveal()) < MIN_TOKEN_LENGTH:
+        section.error_here(f"the API token must be at least {MIN_TOKEN_LENGTH} characters")
+    if token is not None and not _header_safe(token.reveal()):
+        section.error_here("the API token must be printable ASCII (it travels in an HTTP header)")
 
 
 def _header_safe(text: str) -> bool:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.commands.errors import port_number
+from agent.config.interpolate import port_variable
 
 # A person reads these: the agent's webhooks are a few KB, and a hostile sender must not make the
 # inspector hold gigabytes (the old caps, 1,000 bodies of 16 MiB, allowed 16 GB).
@@ -23,7 +24,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="run a local webhook receiver that verifies signatures and prints each delivery",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=port_number, default=8090, help="port to listen on (default 8090)")
+    p.add_argument(
+        "--port",
+        type=port_number,
+        default=None,
+        help="port to listen on (default $EDGE_AGENT_RECEIVER_PORT, else 8090)",
+    )
     group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--secret", help="whsec_... secret to verify with (visible in ps: prefer --secret-env)"
@@ -61,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from agent.receiver import serve_forever, start_receiver
 
     try:
+        if args.port is None:  # the shipped workflows' URLs name the same variable
+            args.port = port_variable("EDGE_AGENT_RECEIVER_PORT", os.environ)
         secret = _secret(args)
         if secret is not None:
             decode_secret(secret)

@@ -17,6 +17,8 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
+from agent.config.interpolate import interpolate
+
 T = TypeVar("T")
 
 
@@ -68,7 +70,28 @@ class LineList(list[Any]):
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.in_key = False  # set while a mapping's key is built: only values are interpolated
+        self.unfilled: list[tuple[int, str]] = []  # (line, message) of each ${...} that failed
+
+
+def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    value = loader.construct_scalar(node)
+    if loader.in_key or "$" not in value:
+        return value
+    try:
+        text = interpolate(value, os.environ)
+    except ValueError as exc:
+        loader.unfilled.append((node.start_mark.line + 1, str(exc)))
+        return value
+    if node.style is not None:  # quoted: stays a string, as written
+        return text
+    # Unquoted: read as YAML would have read the filled-in text (``enabled: ${X:-true}`` is a bool).
+    tag = loader.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+    if tag == node.tag:
+        return text
+    return loader.construct_object(yaml.ScalarNode(tag, text, node.start_mark, node.end_mark))
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
@@ -77,7 +100,11 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     out.line = node.start_mark.line + 1
     out.key_lines = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
+        loader.in_key = True
+        try:
+            key = loader.construct_object(key_node, deep=True)
+        finally:
+            loader.in_key = False
         if not isinstance(key, str | int | float | bool):
             raise yaml.constructor.ConstructorError(
                 None, None, f"unhashable key {key!r}", key_node.start_mark
@@ -101,6 +128,7 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+_Loader.add_constructor("tag:yaml.org,2002:str", _construct_str)
 
 
 def load_yaml(path: Path, problems: Problems, display: str | None = None) -> Any:
@@ -138,8 +166,14 @@ def decode_utf8(raw: bytes, name: str, problems: Problems) -> str | None:
 
 
 def parse_yaml(text: str, name: str, problems: Problems) -> Any:
+    loader: _Loader | None = None
     try:
-        return yaml.load(text, Loader=_Loader)  # _Loader derives from SafeLoader
+        loader = _Loader(text)  # derives from SafeLoader; reading the text may already fail
+        data = loader.get_single_data()
+        for at, message in loader.unfilled:
+            problems.add(name, at, "", message)
+        # A file with an unfilled ${...} failed as a whole: its other checks would only echo it.
+        return None if loader.unfilled else data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -152,6 +186,9 @@ def parse_yaml(text: str, name: str, problems: Problems) -> Any:
         # PyYAML's constructors raise these for values that parse but cannot be built, such as the
         # date 2024-02-30 or a !!binary that is not base64; the parser has no line for them.
         problems.add(name, None, "", f"YAML value cannot be read: {exc}")
+    finally:
+        if loader is not None:
+            loader.dispose()
     return None
 
 

@@ -143,7 +143,7 @@ class Dispatcher:
                 if ids:
                     with contextlib.suppress(OutboxError):
                         await self.queue.release(ids, "interrupted by shutdown")
-                log.warning("delivery.stopped_in_flight", released=len(ids))
+                log.warning("delivery_stopped_in_flight", released=len(ids))
         senders, self._senders = self._senders, {}
         for sender in senders.values():
             await sender.close()
@@ -157,12 +157,12 @@ class Dispatcher:
                 wake_at = await self._pass()
             except (sqlite3.Error, OutboxError) as exc:
                 self.stats.db_errors += 1
-                log.error("delivery.outbox_error", error=str(exc))
+                log.error("delivery_outbox_error", error=str(exc))
                 wake_at = self.clock() + DB_RETRY_DELAY
             except Exception as exc:
                 # A bug must not end delivery for good: report it and try again after a pause.
                 self.stats.db_errors += 1
-                log.error("delivery.pass_failed", error=repr(exc), exc_info=True)
+                log.error("delivery_pass_failed", error=repr(exc), exc_info=True)
                 wake_at = self.clock() + DB_RETRY_DELAY
             if self._stopping:
                 break
@@ -191,13 +191,13 @@ class Dispatcher:
             self._configured_changed = False
             n = await self.queue.note_unconfigured(self._endpoints)
             if n:
-                log.warning("delivery.endpoint_not_configured", rows=n)
+                log.warning("delivery_endpoint_not_configured", rows=n)
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             before = set(self._disabled)
             self._disabled = await self.queue.disabled_endpoints()
             for url in before - set(self._disabled):
-                log.info("delivery.endpoint_enabled", url=url)
+                log.info("delivery_endpoint_enabled", url=url)
                 self._held_noted.clear()
             await self.outbox.operations.prune()
 
@@ -278,7 +278,7 @@ class Dispatcher:
             try:
                 await self.queue.disable_endpoint(cfg.url, self._disabled[cfg.url])
             except OutboxError as exc:
-                log.error("delivery.endpoint_state_not_saved", url=cfg.url, error=str(exc))
+                log.error("delivery_endpoint_state_not_saved", url=cfg.url, error=str(exc))
         self.wake()
 
     def _internal_error(self, key: str, row: Delivery, exc: Exception) -> None:
@@ -288,7 +288,7 @@ class Dispatcher:
             return
         self._internal_failing.add(key)
         log.error(
-            "delivery.internal_error",
+            "delivery_internal_error",
             id=row.id,
             endpoint=key,
             error=f"{type(exc).__name__}: {exc}",
@@ -316,7 +316,7 @@ class Dispatcher:
         else:
             if cfg.key in self._internal_failing:
                 self._internal_failing.discard(cfg.key)
-                log.info("delivery.internal_error_cleared", endpoint=cfg.key)
+                log.info("delivery_internal_error_cleared", endpoint=cfg.key)
         now = self.clock()
         judged = assess(sent, now)
         decision = decide(
@@ -348,7 +348,7 @@ class Dispatcher:
                 return
             except OutboxUnavailable as exc:
                 self.stats.db_errors += 1
-                log.error("delivery.record_failed", id=record.delivery_id, error=str(exc))
+                log.error("delivery_record_failed", id=record.delivery_id, error=str(exc))
                 if self._stopping:
                     return
                 await self._sleep(DB_RETRY_DELAY)

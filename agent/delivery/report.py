@@ -46,20 +46,20 @@ class AttemptReport:
         fields = {"id": row.id, "endpoint": key, "webhook_id": row.message_id, "status": rec.status}
         if out is Outcome.THROTTLED:
             self.stats.throttled += 1
-            log.warning("delivery.throttled", retry_at=d.due_at, **fields)
+            log.warning("delivery_throttled", retry_at=d.due_at, **fields)
         elif out is Outcome.GONE:
             self.stats.disabled_endpoints += 1
-            log.error("delivery.endpoint_disabled", url=url, reason=gone_reason(d.attempts), **fields)
+            log.error("delivery_endpoint_disabled", url=url, reason=gone_reason(d.attempts), **fields)
         elif out is Outcome.RETRY:
             self.stats.failed += 1
         if d.state == DELIVERED:
             self.stats.delivered += 1
-            log.debug("delivery.delivered", attempts=d.attempts, **fields)
+            log.debug("delivery_delivered", attempts=d.attempts, **fields)
         elif d.state == DEAD:
             self.stats.dead += 1
-            log.error("delivery.dead", attempts=d.attempts, error=rec.error, **fields)
+            log.error("delivery_dead", attempts=d.attempts, error=rec.error, **fields)
         elif out is Outcome.RETRY:
-            log.warning("delivery.failed", error=rec.error, attempts=d.attempts, retry_at=d.due_at, **fields)
+            log.warning("delivery_failed", error=rec.error, attempts=d.attempts, retry_at=d.due_at, **fields)
         self._notify(key, row, rec, out)
 
     def _notify(self, key: str, row: Delivery, rec: AttemptRecord, out: Outcome) -> None:
@@ -71,7 +71,7 @@ class AttemptReport:
         try:
             self._on_result(key, outcome, latency)
         except Exception as exc:  # metrics must never break delivery
-            log.warning("delivery.observer_failed", error=str(exc))
+            log.warning("delivery_observer_failed", error=str(exc))
 
 
 def gone_reason(attempts: int) -> str:

@@ -331,7 +331,7 @@ class MqttLink:
                 raise
             except Exception as exc:
                 # A bug (ours or the client's) must not end publishing for good: report, back off, retry.
-                log.error("mqtt.link_failed", error=repr(exc), exc_info=True)
+                log.error("mqtt_link_failed", error=repr(exc), exc_info=True)
                 self._down(f"internal error: {type(exc).__name__}")
             if self._stopping:
                 break
@@ -346,7 +346,7 @@ class MqttLink:
         self.last_error = None
         self.next_attempt_at = None
         log.info(
-            "mqtt.connected", host=self.config.host, port=self.config.port, client_id=self.config.client_id
+            "mqtt_connected", host=self.config.host, port=self.config.port, client_id=self.config.client_id
         )
         if self._on_state is not None:
             self._on_state(True)
@@ -360,8 +360,8 @@ class MqttLink:
             task.cancel()
         self.last_error = f"broker {self.config.host}:{self.config.port}: {error}"
         if was_up:
-            log.warning("mqtt.disconnected", error=self.last_error)
+            log.warning("mqtt_disconnected", error=self.last_error)
             if self._on_state is not None:
                 self._on_state(False)
         elif error != "stopped":
-            log.warning("mqtt.connect_failed", error=self.last_error)
+            log.warning("mqtt_connect_failed", error=self.last_error)

@@ -132,18 +132,7 @@ def parse_mqtt(section: Section, agent_name: str) -> MqttConfig | None:
         section.done()
         return None
     host = section.need("host", as_str)
-    tls_sec = section.sub("tls")
-    tls: TlsConfig | None = None
-    if section.has("tls") and tls_sec.ok:
-        tls = TlsConfig(
-            ca_file=_path(tls_sec, "ca_file"),
-            cert_file=_path(tls_sec, "cert_file"),
-            key_file=_path(tls_sec, "key_file"),
-            verify_hostname=tls_sec.get("verify_hostname", as_bool, True),
-        )
-        if (tls.cert_file is None) != (tls.key_file is None):
-            tls_sec.error_here("give both cert_file and key_file for a client certificate, or neither")
-    tls_sec.done()
+    tls = _tls(section)
     port = section.get("port", in_range(as_int, lo=1, hi=65535), 8883 if tls else 1883)
     protocol = section.get("protocol", one_of("3.1.1", "5"), "5")
     username = section.opt("username", as_str)
@@ -153,12 +142,7 @@ def parse_mqtt(section: Section, agent_name: str) -> MqttConfig | None:
     client_id = section.get("client_id", as_str, f"edge-agent-{agent_name}")
     if not client_id or len(client_id.encode()) > 65535:
         section.error("client_id", "expected a non-empty client id")
-    rec = section.sub("reconnect")
-    rmin = rec.get("min", in_range(as_duration, lo=0.05, hi=3600), 1.0)
-    rmax = rec.get("max", in_range(as_duration, lo=0.05, hi=3600), 60.0)
-    if rmax < rmin:
-        rec.error("max", "must not be below reconnect.min")
-    rec.done()
+    rmin, rmax = _reconnect(section.sub("reconnect"))
     cfg = MqttConfig(
         host=host or "",
         port=port,
@@ -179,6 +163,33 @@ def parse_mqtt(section: Section, agent_name: str) -> MqttConfig | None:
     )
     section.done()
     return cfg
+
+
+def _tls(section: Section) -> TlsConfig | None:
+    """``mqtt.tls``: present (even empty) means TLS; a client certificate needs its key."""
+    tls_sec = section.sub("tls")
+    tls: TlsConfig | None = None
+    if section.has("tls") and tls_sec.ok:
+        tls = TlsConfig(
+            ca_file=_path(tls_sec, "ca_file"),
+            cert_file=_path(tls_sec, "cert_file"),
+            key_file=_path(tls_sec, "key_file"),
+            verify_hostname=tls_sec.get("verify_hostname", as_bool, True),
+        )
+        if (tls.cert_file is None) != (tls.key_file is None):
+            tls_sec.error_here("give both cert_file and key_file for a client certificate, or neither")
+    tls_sec.done()
+    return tls
+
+
+def _reconnect(rec: Section) -> tuple[float, float]:
+    """``mqtt.reconnect``: the first and the longest wait between connection attempts."""
+    rmin = rec.get("min", in_range(as_duration, lo=0.05, hi=3600), 1.0)
+    rmax = rec.get("max", in_range(as_duration, lo=0.05, hi=3600), 60.0)
+    if rmax < rmin:
+        rec.error("max", "must not be below reconnect.min")
+    rec.done()
+    return rmin, rmax
 
 
 def parse_publish(section: Section) -> PublishConfig | None:

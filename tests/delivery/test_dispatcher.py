@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from agent.commands.deliver_cmd import endpoint_enable
+from agent.commands.endpoint_cmd import endpoint_enable
 from agent.delivery.dispatcher import Dispatcher
 from agent.delivery.outbox import Outbox
 from agent.delivery.settings import BreakerConfig, DeliveryConfig, EndpointConfig, OutboxConfig

@@ -54,7 +54,7 @@ async def test_an_attempt_that_raises_is_a_failed_attempt_on_the_retry_schedule(
         a.error_class == "internal" and a.error == "internal error: ValueError" for a in detail.attempts
     )
     assert detail.summary.state == "pending"
-    assert [e["event"] for e in logs].count("delivery.internal_error") == 1
+    assert [e["event"] for e in logs].count("delivery_internal_error") == 1
     # The other endpoint was not held up.
     other = await outbox.get(2)
     assert other is not None and other.summary.state == "delivered"

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BACKGROUND = {"simulate": (5020, 4840), "receive": (8090,), "run": (8787,)}
+DEFAULT_PORTS = {"modbus": 5020, "opcua": 4840, "receiver": 8090, "api": 8787}
+# README "Other ports": one variable per port moves the shipped config/ and simulate/receive together.
+MOVED_PORTS = {"modbus": 15020, "opcua": 14840, "receiver": 18090, "api": 18787}
 WITHIN = 120
 STATE_DIR = "/tmp/edge-agent-state"  # as the README's step 5 names it
 
@@ -34,8 +36,18 @@ def quick_start_blocks() -> list[list[str]]:
     return [[c for c in block.replace("\\\n", " ").splitlines() if c.strip()] for block in blocks]
 
 
-def driver_script(blocks: list[list[str]], logs: Path) -> str:
+def background(ports: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """The commands that keep running, and the ports that answer once each is up."""
+    return {
+        "simulate": (ports["modbus"], ports["opcua"]),
+        "receive": (ports["receiver"],),
+        "run": (ports["api"],),
+    }
+
+
+def driver_script(blocks: list[list[str]], logs: Path, ports: dict[str, int] = DEFAULT_PORTS) -> str:
     """One bash session (so step 2's exports reach step 5, as in its terminal)."""
+    waits = background(ports)
     wait = (
         f"{shlex.quote(sys.executable)} -c 'import socket, sys, time\n"
         f"end = time.monotonic() + {WITHIN}\n"
@@ -56,9 +68,9 @@ def driver_script(blocks: list[list[str]], logs: Path) -> str:
     for n, block in enumerate(blocks):
         for command in block:
             words = shlex.split(command)
-            if words[:1] == ["edge-agent"] and len(words) > 1 and words[1] in BACKGROUND:
+            if words[:1] == ["edge-agent"] and len(words) > 1 and words[1] in waits:
                 lines.append(f"{command} > {logs}/{n}-{words[1]}.log 2>&1 &")
-                lines += [f"wait_port {port}" for port in BACKGROUND[words[1]]]
+                lines += [f"wait_port {port}" for port in waits[words[1]]]
             else:
                 lines.append(f"echo '$ '{shlex.quote(command)}")
                 lines.append(command)
@@ -80,12 +92,15 @@ def test_readme_has_the_steps_this_test_runs() -> None:
 @pytest.mark.skipif(
     shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root for unshare --net"
 )
-def test_every_quick_start_command_works_verbatim(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ports", [DEFAULT_PORTS, MOVED_PORTS], ids=["default-ports", "moved-ports"])
+def test_every_quick_start_command_works_verbatim(tmp_path: Path, ports: dict[str, int]) -> None:
+    """With the moved ports only the four EDGE_AGENT_*_PORT variables differ: nothing listens on the
+    default ports in this namespace, so a part that ignored them would find no peer."""
     shutil.copytree(REPO / "config", tmp_path / "config", ignore=shutil.ignore_patterns("secrets"))
     logs = tmp_path / "logs"
     logs.mkdir()
     script = tmp_path / "quick-start.sh"
-    script.write_text(driver_script(quick_start_blocks(), logs))
+    script.write_text(driver_script(quick_start_blocks(), logs, ports))
     # PYTHONUNBUFFERED: output reaches the log files as it would reach a terminal, line by line.
     env = {
         **os.environ,
@@ -93,8 +108,10 @@ def test_every_quick_start_command_works_verbatim(tmp_path: Path) -> None:
         "PYTHONUNBUFFERED": "1",
     }
     for name in list(env):
-        if name.endswith("_WEBHOOK_SECRET") or name in ("EDGE_AGENT_CONFIG", "STATE_DIRECTORY"):
+        if name.endswith("_WEBHOOK_SECRET") or name.startswith("EDGE_AGENT_") or name == "STATE_DIRECTORY":
             del env[name]
+    if ports != DEFAULT_PORTS:
+        env.update({f"EDGE_AGENT_{k.upper()}_PORT": str(v) for k, v in ports.items()})
     # The whole namespace (and every background command in it) ends with the session.
     proc = subprocess.run(
         ["unshare", "--net", "--mount", "bash", str(script)],

@@ -63,7 +63,7 @@ class Intake:
             statements = self._make_room(len(items), size)
         elif self._full:
             self._full = False
-            log.info("outbox.accepting_again", path=str(self.path), rejected_total=self.stats.rejected_full)
+            log.info("outbox_not_full", path=str(self.path), rejected_total=self.stats.rejected_full)
         n = len(items)
         occ = self._occ
 
@@ -107,7 +107,7 @@ class Intake:
             if not self._full:
                 self._full = True
                 log.error(
-                    "outbox.full",
+                    "outbox_full",
                     path=str(self.path),
                     rows=occ.rows,
                     undelivered=occ.active,
@@ -126,7 +126,7 @@ class Intake:
         chunk = max(rows, min(self.config.max_rows // 10, MAKE_ROOM_MAX))
         # ``+state``: walk rows in id order and stop at the limit rather than sort every finished row.
         sel = "SELECT id FROM deliveries WHERE +state IN ('delivered', 'cancelled') ORDER BY id LIMIT ?"
-        log.info("outbox.dropping_history", rows=chunk)
+        log.info("outbox_dropping_history", rows=chunk)
         return [
             (f"DELETE FROM attempts WHERE delivery_id IN ({sel})", [(chunk,)]),
             (f"DELETE FROM deliveries WHERE id IN ({sel})", [(chunk,)]),

@@ -62,7 +62,7 @@ class Operations:
                 break
         await self._occ.reload(self._r)
         if total:
-            log.info("outbox.pruned", rows=total)
+            log.info("outbox_pruned", rows=total)
         return total
 
     async def retry(self, delivery_id: int) -> bool:

@@ -97,7 +97,7 @@ class DispatchQueue:
         if corrupt:
             self.stats.corrupt_rows += len(corrupt)
             for rid, why in corrupt:
-                log.error("outbox.corrupt_row", id=rid, error=why)
+                log.error("outbox_corrupt_row", id=rid, error=why)
         return Candidates(good, corrupt, next_due)
 
     async def claim(self, ids: Sequence[int]) -> set[int]:

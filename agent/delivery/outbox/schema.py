@@ -113,7 +113,7 @@ async def open_writer(path: Path, clock: Callable[[], float]) -> aiosqlite.Conne
             raise OutboxUnavailable(f"{path}: {exc}") from exc
         aside = path.with_name(f"{path.name}.corrupt-{int(clock())}")
         # Keep the damaged file for forensics; a fresh outbox lets the agent keep working.
-        log.error("outbox.corrupt_file", path=str(path), moved_to=str(aside), error=str(exc))
+        log.error("outbox_corrupt_file", path=str(path), moved_to=str(aside), error=str(exc))
         _move_aside(path, aside)
         w = await connect(path)
     try:
@@ -134,7 +134,7 @@ async def _connect_with_reserve(path: Path) -> aiosqlite.Connection:
         if not reserve.exists():
             raise
         reserve.unlink()
-        log.warning("outbox.reserve_released", path=str(reserve), reason=str(exc))
+        log.warning("outbox_reserve_released", path=str(reserve), reason=str(exc))
         return await connect(path)
 
 
@@ -144,10 +144,10 @@ async def recover_in_flight(w: aiosqlite.Connection, path: Path) -> bool:
     try:
         cur = await w.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'in_flight'")
     except sqlite3.OperationalError as exc:
-        log.error("outbox.recovery_deferred", path=str(path), error=str(exc))
+        log.error("outbox_recovery_deferred", path=str(path), error=str(exc))
         return False
     if cur.rowcount:
-        log.warning("outbox.recovered_in_flight", rows=cur.rowcount)
+        log.warning("outbox_recovered_in_flight", rows=cur.rowcount)
     return True
 
 
@@ -170,4 +170,4 @@ async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
         except BaseException:
             await conn.execute("ROLLBACK")
             raise
-        log.info("outbox.migrated", path=str(path), version=target)
+        log.info("outbox_migrated", path=str(path), version=target)

@@ -72,7 +72,7 @@ class Writer:
     def _release_reserve(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.reserve.unlink()
-            log.warning("outbox.reserve_released", path=str(self.reserve), bytes=RESERVE_BYTES)
+            log.warning("outbox_reserve_released", path=str(self.reserve), bytes=RESERVE_BYTES)
 
     async def _checkpoint(self) -> None:
         """Fold the WAL into the main file and cut it to zero: after a full disk the WAL had grown
@@ -147,9 +147,9 @@ class Writer:
             return
         if recovered is not None:
             self.recovery_pending = False
-            log.warning("outbox.recovered_in_flight", rows=recovered, deferred=True)
+            log.warning("outbox_recovered_in_flight", rows=recovered, deferred=True)
         if self.stats.unavailable:
-            log.warning("outbox.writable_again", path=str(self.path))
+            log.warning("outbox_writable_again", path=str(self.path))
             self.stats.unavailable = False
             self.make_reserve()
         self.stats.committed_batches += 1
@@ -187,13 +187,13 @@ class Writer:
         err: OutboxError
         if isinstance(exc, sqlite3.Error):
             if not self.stats.unavailable:
-                log.error("outbox.write_failed", path=str(self.path), error=str(exc), ops=len(batch))
+                log.error("outbox_write_failed", path=str(self.path), error=str(exc), ops=len(batch))
             self.stats.unavailable = True
             if "full" in str(exc):
                 self._release_reserve()
             err = OutboxUnavailable(f"outbox {self.path} cannot be written: {exc}")
         else:
-            log.error("outbox.write_rejected", path=str(self.path), error=repr(exc), ops=len(batch))
+            log.error("outbox_write_rejected", path=str(self.path), error=repr(exc), ops=len(batch))
             # Other callers share this transaction: for them it is a transient failure.
             err = OutboxUnavailable(f"outbox {self.path} write failed: {type(exc).__name__}: {exc}")
         for op in batch:
