@@ -12,6 +12,7 @@ logs and counts it. The dispatcher itself knows no protocol.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 import sqlite3
@@ -35,10 +36,21 @@ MAINTENANCE_INTERVAL = 60.0
 DB_RETRY_DELAY = 1.0
 
 
+# A FIFO endpoint claims this many of its oldest due rows in one commit (at least its window) and
+# sends them in order from memory: one claim per batch instead of one per delivery.
+FIFO_BATCH = 32
+
+
 class _Endpoint:
     def __init__(self, config: DeliveryConfig) -> None:
         self.breaker = CircuitBreaker(config.breaker)
         self.in_flight = 0
+        # FIFO: rows claimed (in flight on disk) but not started yet, oldest first.
+        self.claimed: collections.deque[Delivery] = collections.deque()
+        # FIFO: failed outcomes whose record (and the unclaiming of the rows after them) is not yet
+        # durable. Until it is, the reader still sees those rows in flight and would hand out later
+        # rows: no new rows are read for the endpoint meanwhile.
+        self.settling = 0
 
 
 class Dispatcher:
@@ -70,6 +82,7 @@ class Dispatcher:
         self._next_maintenance = 0.0
         self._configured_changed = True
         self._internal_failing: set[str] = set()  # endpoints whose attempts end in an exception
+        self._orphans: list[int] = []  # claimed, never started, endpoint gone: back to pending
         self.stats = DispatcherStats()
         self._report = AttemptReport(self.stats, on_result)
 
@@ -103,10 +116,22 @@ class Dispatcher:
         self._endpoints = dict(endpoints)
         for key, cfg in self._endpoints.items():
             if key in old and old[key].url != cfg.url:
-                self._state.pop(key, None)
+                self._drop_state(key)
+        for key in set(self._state) - set(self._endpoints):
+            self._drop_state(key)
         self._configured_changed = True
         self._held_noted.clear()
         self.wake()
+
+    def _drop_state(self, key: str) -> None:
+        ep = self._state.pop(key, None)
+        if ep is not None:
+            self._give_back(ep)
+
+    def _give_back(self, ep: _Endpoint) -> None:
+        """Claimed rows that will not be started now go back to pending (at the next pass)."""
+        self._orphans.extend(r.id for r in ep.claimed)
+        ep.claimed.clear()
 
     @property
     def busy(self) -> int:
@@ -133,6 +158,12 @@ class Dispatcher:
         self.wake()
         if self._loop_task is not None:
             await self._loop_task
+        for ep in self._state.values():
+            self._give_back(ep)
+        if self._orphans:
+            orphans, self._orphans = self._orphans, []
+            with contextlib.suppress(OutboxError):
+                await self.queue.unclaim(orphans)
         if self._tasks:
             _, unfinished = await asyncio.wait(set(self._tasks), timeout=grace)
             ids = [self._tasks[t].id for t in unfinished if t in self._tasks]
@@ -187,6 +218,9 @@ class Dispatcher:
                     t.cancel()
 
     async def _maintain(self, now: float) -> None:
+        if self._orphans:
+            await self.queue.unclaim(self._orphans)
+            self._orphans = []
         if self._configured_changed:
             self._configured_changed = False
             n = await self.queue.note_unconfigured(self._endpoints)
@@ -211,6 +245,10 @@ class Dispatcher:
             if self._stopping:
                 break
             if cfg.url in self._disabled:
+                held = self._state.get(key)
+                if held is not None and held.claimed:
+                    self._give_back(held)
+                    again = True
                 if key not in self._held_noted:
                     self._held_noted.add(key)
                     await self.queue.note_held(key, f"endpoint disabled: {self._disabled[cfg.url]}")
@@ -218,6 +256,8 @@ class Dispatcher:
             ep = self._state.get(key)
             if ep is None:
                 ep = self._state[key] = _Endpoint(self.config)
+            if ep.settling:
+                continue  # the task that is settling a failure wakes the loop when it is durable
             # A destination whose one connection keeps order (MQTT) may have a FIFO window in flight.
             limit = getattr(cfg, "fifo_window", 1) if cfg.fifo else cfg.concurrency
             allowance = ep.breaker.allowance(now, ep.in_flight, limit)
@@ -226,25 +266,58 @@ class Dispatcher:
                 if t is not None and (wake_at is None or t < wake_at):
                     wake_at = t
                 continue
-            found = await self.queue.candidates(key, now, allowance, cfg.fifo, window=limit > 1)
+            if cfg.fifo and ep.claimed:
+                self._start_claimed(key, cfg, ep, allowance)
+                continue
+            batch = max(limit, FIFO_BATCH) if cfg.fifo else allowance
+            found = await self.queue.candidates(key, now, batch, cfg.fifo, window=cfg.fifo)
             if found.corrupt:
                 await self.queue.mark_corrupt(found.corrupt)
                 again = True
             if found.next_due is not None and (wake_at is None or found.next_due < wake_at):
                 wake_at = found.next_due
-            rows = found.rows[:allowance]
+            rows = found.rows[:batch]
             if not rows:
                 continue
             claimed = await self.queue.claim([r.id for r in rows])
+            if cfg.fifo:
+                if len(claimed) < len(rows):
+                    # The CLI cancelled one meanwhile: what follows it waits for the next read, so
+                    # the order stays exactly the one on disk.
+                    cut = next(i for i, r in enumerate(rows) if r.id not in claimed)
+                    self._orphans.extend(r.id for r in rows[cut:] if r.id in claimed)
+                    rows = rows[:cut]
+                    again = True
+                ep.claimed.extend(rows)
+                self._start_claimed(key, cfg, ep, allowance)
+                continue
             for row in rows:
-                if row.id not in claimed:
-                    continue
-                ep.in_flight += 1
-                ep.breaker.started()
-                task = asyncio.create_task(self._deliver(key, cfg, ep, row), name=f"deliver-{row.id}")
-                self._tasks[task] = row
-                task.add_done_callback(self._task_done)
+                if row.id in claimed:
+                    self._start(key, cfg, ep, row)
         return now if again else wake_at
+
+    def _start(self, key: str, cfg: Destination, ep: _Endpoint, row: Delivery) -> None:
+        ep.in_flight += 1
+        ep.breaker.started()
+        task = asyncio.create_task(self._deliver(key, cfg, ep, row), name=f"deliver-{row.id}")
+        self._tasks[task] = row
+        task.add_done_callback(self._task_done)
+
+    def _start_claimed(self, key: str, cfg: Destination, ep: _Endpoint, allowance: int) -> None:
+        for _ in range(min(allowance, len(ep.claimed))):
+            self._start(key, cfg, ep, ep.claimed.popleft())
+
+    def _next(self, key: str, cfg: Destination, ep: _Endpoint) -> None:
+        """A slot of the endpoint is free: start its next claimed row at once (no pass, no read)
+        when the endpoint may send, otherwise let the loop decide."""
+        may_send = not ep.settling and not self._stopping and cfg.url not in self._disabled
+        if ep.claimed and may_send and self._state.get(key) is ep and self._endpoints.get(key) is cfg:
+            limit = getattr(cfg, "fifo_window", 1)
+            allowance = ep.breaker.allowance(self.clock(), ep.in_flight, limit)
+            if allowance > 0:
+                self._start_claimed(key, cfg, ep, allowance)
+                return
+        self.wake()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
@@ -252,34 +325,63 @@ class Dispatcher:
     # ---- one attempt
 
     async def _deliver(self, key: str, cfg: Destination, ep: _Endpoint, row: Delivery) -> None:
+        slot = True  # this task still counts in ep.in_flight
+        settling = False
         try:
             record, result = await self._attempt(cfg, row)
-            await self._record(record)
+            self._judge(cfg, ep, record, result)
+            if result.outcome is Outcome.DELIVERED:
+                # The receiver answered: the next row may go while this outcome is being committed
+                # (it shares that commit or the next). Until it is durable the row stays in flight
+                # on disk, so a crash re-sends it: at-least-once, and FIFO, since the writer
+                # commits outcomes in the order they were submitted.
+                pending = self.queue.submit_record([record])
+                slot = False
+                ep.in_flight -= 1
+                ep.breaker.finished()
+                self._next(key, cfg, ep)
+                await self._record(record, pending)
+            else:
+                unclaim: list[int] = []
+                if cfg.fifo:
+                    # Nothing may overtake the failed row: the rows claimed after it go back.
+                    settling = True
+                    ep.settling += 1
+                    unclaim = [r.id for r in ep.claimed]
+                    ep.claimed.clear()
+                await self._record(record, None, unclaim)
         except asyncio.CancelledError:
-            ep.in_flight -= 1
-            ep.breaker.finished()
+            if slot:
+                ep.in_flight -= 1
+                ep.breaker.finished()
             raise
         except Exception as exc:  # a bug must not leave the row in flight forever
-            ep.in_flight -= 1
-            # Nor the breaker waiting for a probe result that will never come; and counted as a
-            # failure, so that a bug that repeats opens the breaker instead of spinning.
-            ep.breaker.failure(self.clock())
-            ep.breaker.finished()
+            if slot:
+                ep.in_flight -= 1
+                # Nor the breaker waiting for a probe result that will never come; and counted as a
+                # failure, so that a bug that repeats opens the breaker instead of spinning.
+                ep.breaker.failure(self.clock())
+                ep.breaker.finished()
             self._internal_error(key, row, exc)
             with contextlib.suppress(OutboxError):
                 await self.queue.release([row.id], f"internal error: {type(exc).__name__}")
             return
-        ep.in_flight -= 1
-        try:
-            self._after(key, cfg, ep, row, record, result)
         finally:
+            if settling:
+                ep.settling -= 1
+        if slot:
+            ep.in_flight -= 1
             ep.breaker.finished()
+        self._report.observe(key, cfg.url, row, record, result)
         if result.outcome is Outcome.GONE:
             try:
                 await self.queue.disable_endpoint(cfg.url, self._disabled[cfg.url])
             except OutboxError as exc:
                 log.error("delivery.endpoint_state_not_saved", url=cfg.url, error=str(exc))
-        self.wake()
+        if slot or not ep.claimed:
+            # Without claimed rows left the loop reads the endpoint again; it also learns that
+            # nothing is in flight any more (``busy``).
+            self.wake()
 
     def _internal_error(self, key: str, row: Delivery, exc: Exception) -> None:
         """Once per episode per endpoint: the same bug on every retry would flood the journal."""
@@ -340,29 +442,29 @@ class Dispatcher:
         )
         return record, judged.result
 
-    async def _record(self, record: AttemptRecord) -> None:
-        # The HTTP outcome must reach the disk: until it does, the row stays in flight (FIFO holds).
+    async def _record(
+        self,
+        record: AttemptRecord,
+        pending: asyncio.Future[list[int]] | None,
+        unclaim: list[int] | None = None,
+    ) -> None:
+        # The outcome must reach the disk: until it does, the row stays in flight (FIFO holds).
         while True:
             try:
-                await self.queue.record([record])
+                if pending is None:
+                    pending = self.queue.submit_record([record], unclaim or ())
+                await pending
                 return
             except OutboxUnavailable as exc:
+                pending = None
                 self.stats.db_errors += 1
                 log.error("delivery.record_failed", id=record.delivery_id, error=str(exc))
                 if self._stopping:
                     return
                 await self._sleep(DB_RETRY_DELAY)
 
-    def _after(
-        self,
-        key: str,
-        cfg: Destination,
-        ep: _Endpoint,
-        row: Delivery,
-        rec: AttemptRecord,
-        result: Classified,
-    ) -> None:
-        """The endpoint's own state follows the outcome; then logs and counters observe it."""
+    def _judge(self, cfg: Destination, ep: _Endpoint, rec: AttemptRecord, result: Classified) -> None:
+        """The endpoint's own state follows the receiver's answer at once (not after the commit)."""
         out = result.outcome
         if out is Outcome.DELIVERED or out is Outcome.ABORTED:
             ep.breaker.success()
@@ -373,4 +475,3 @@ class Dispatcher:
             self._disabled[cfg.url] = gone_reason(rec.decision.attempts)
         else:
             ep.breaker.failure(rec.at)
-        self._report.observe(key, cfg.url, row, rec, result)
