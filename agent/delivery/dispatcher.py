@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 
 from agent.delivery.attempt import Attempts
-from agent.delivery.endpoint_state import EndpointState
+from agent.delivery.dispatch_state import EndpointState
 from agent.delivery.outbox import AttemptRecord, Delivery, Outbox, OutboxError, OutboxUnavailable
 from agent.delivery.report import AttemptReport, DispatcherStats, ResultObserver
 from agent.delivery.retry import Outcome

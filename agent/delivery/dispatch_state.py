@@ -1,5 +1,6 @@
-"""What the dispatcher keeps in memory per endpoint: rows in flight, the circuit breaker, and for a
-FIFO endpoint the rows it claimed in one commit but has not started yet (in order)."""
+"""What the dispatcher keeps in memory per endpoint (not the outbox's ``endpoint_state`` table): rows
+in flight, the circuit breaker, and for a FIFO endpoint the rows it claimed in one commit but has not
+started yet (in order)."""
 
 from __future__ import annotations
 
