@@ -1,12 +1,16 @@
 """Hands due outbox rows to their destination's sender, records each outcome, schedules retries.
 
 One loop task picks work and sleeps until the earliest due time of an endpoint that may send, or a
-``wake()``; each attempt runs in its own task. Per endpoint: FIFO (the oldest pending row goes first,
-alone), a concurrency limit, a circuit breaker, a pause after 429/503, disable after 410.
+``wake()``; each attempt runs in its own task. Per endpoint: FIFO (in order; one in flight or the
+destination's window), a concurrency limit, a circuit breaker, a pause after 429/503, disable after
+410. An attempt (``attempt.py``) gives the row's next state; the queue records it; ``report`` logs
+and counts it. The dispatcher itself knows no protocol.
 
-An attempt is: the endpoint kind's sender returns a ``SendOutcome`` (``senders/``); ``retry.assess``
-and ``retry.decide`` turn it into the row's next state (pure); the queue records it; ``report``
-logs and counts it. The dispatcher itself knows no protocol.
+A FIFO endpoint claims a batch of its oldest due rows in one commit and, on each ``delivered``
+answer, starts the next one while that answer is still being committed. At-least-once holds: a row
+stays ``in_flight`` on disk until its outcome commits, and a crash puts it back to pending; the
+writer commits in submission order, so outcomes become durable in order. Any other answer gives the
+unsent claimed rows back in the same transaction, and nothing is read until that commit.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
+from agent.delivery.attempt import Attempts
+from agent.delivery.dispatch_state import EndpointState
 from agent.delivery.outbox import AttemptRecord, Delivery, Outbox, OutboxError, OutboxUnavailable
-from agent.delivery.report import AttemptReport, DispatcherStats, ResultObserver, gone_reason
-from agent.delivery.retry import CircuitBreaker, Classified, Outcome, assess, decide
-from agent.delivery.senders import Destination, Sender, SendOutcome, create_sender
+from agent.delivery.report import AttemptReport, DispatcherStats, ResultObserver
+from agent.delivery.retry import Outcome
+from agent.delivery.senders import Destination
 from agent.delivery.settings import DeliveryConfig
 
 log = structlog.get_logger(__name__)
@@ -33,12 +39,6 @@ Sleep = Callable[[float], Awaitable[None]]
 MAINTENANCE_INTERVAL = 60.0
 # After a database error the loop waits this long before trying again.
 DB_RETRY_DELAY = 1.0
-
-
-class _Endpoint:
-    def __init__(self, config: DeliveryConfig) -> None:
-        self.breaker = CircuitBreaker(config.breaker)
-        self.in_flight = 0
 
 
 class Dispatcher:
@@ -57,36 +57,27 @@ class Dispatcher:
         self.config = config
         self.clock = clock
         self._sleep = sleep
-        self._rand = rand
         self._endpoints: dict[str, Destination] = dict(endpoints)
-        self._state: dict[str, _Endpoint] = {}
+        self._state: dict[str, EndpointState] = {}
         self._disabled: dict[str, str] = {}
         self._held_noted: set[str] = set()
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: dict[asyncio.Task[None], Delivery] = {}
-        self._senders: dict[str, Sender] = {}
         self._stopping = False
         self._next_maintenance = 0.0
         self._configured_changed = True
-        self._internal_failing: set[str] = set()  # endpoints whose attempts end in an exception
+        self._orphans: list[int] = []  # claimed, never started, endpoint gone: back to pending
         self.stats = DispatcherStats()
         self._report = AttemptReport(self.stats, on_result)
+        self._attempts = Attempts(config, self.stats, clock, rand)
 
     # ---- lifecycle
 
     async def start(self) -> None:
         for cfg in self._endpoints.values():
-            await self._sender(cfg.kind)
+            await self._attempts.sender(cfg.kind)
         self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
-
-    async def _sender(self, kind: str) -> Sender:
-        sender = self._senders.get(kind)
-        if sender is None:
-            sender = create_sender(kind, self.config)
-            await sender.start()
-            self._senders[kind] = sender
-        return sender
 
     def wake(self) -> None:
         """New rows were enqueued (or something else changed): look again now."""
@@ -103,10 +94,20 @@ class Dispatcher:
         self._endpoints = dict(endpoints)
         for key, cfg in self._endpoints.items():
             if key in old and old[key].url != cfg.url:
-                self._state.pop(key, None)
+                self._drop_state(key)
+        for key in set(self._state) - set(self._endpoints):
+            self._drop_state(key)
         self._configured_changed = True
         self._held_noted.clear()
         self.wake()
+
+    def _drop_state(self, key: str) -> None:
+        ep = self._state.pop(key, None)
+        if ep is not None:
+            self._give_back(ep)
+
+    def _give_back(self, ep: EndpointState) -> None:
+        self._orphans.extend(ep.give_back())  # back to pending at the next pass
 
     @property
     def busy(self) -> int:
@@ -133,6 +134,12 @@ class Dispatcher:
         self.wake()
         if self._loop_task is not None:
             await self._loop_task
+        for ep in self._state.values():
+            self._give_back(ep)
+        if self._orphans:
+            orphans, self._orphans = self._orphans, []
+            with contextlib.suppress(OutboxError):
+                await self.queue.unclaim(orphans)
         if self._tasks:
             _, unfinished = await asyncio.wait(set(self._tasks), timeout=grace)
             ids = [self._tasks[t].id for t in unfinished if t in self._tasks]
@@ -144,9 +151,7 @@ class Dispatcher:
                     with contextlib.suppress(OutboxError):
                         await self.queue.release(ids, "interrupted by shutdown")
                 log.warning("delivery_stopped_in_flight", released=len(ids))
-        senders, self._senders = self._senders, {}
-        for sender in senders.values():
-            await sender.close()
+        await self._attempts.close()
 
     # ---- the loop
 
@@ -187,6 +192,9 @@ class Dispatcher:
                     t.cancel()
 
     async def _maintain(self, now: float) -> None:
+        if self._orphans:
+            await self.queue.unclaim(self._orphans)
+            self._orphans = []
         if self._configured_changed:
             self._configured_changed = False
             n = await self.queue.note_unconfigured(self._endpoints)
@@ -211,166 +219,157 @@ class Dispatcher:
             if self._stopping:
                 break
             if cfg.url in self._disabled:
-                if key not in self._held_noted:
-                    self._held_noted.add(key)
-                    await self.queue.note_held(key, f"endpoint disabled: {self._disabled[cfg.url]}")
+                again = await self._held(key, cfg) or again
                 continue
             ep = self._state.get(key)
             if ep is None:
-                ep = self._state[key] = _Endpoint(self.config)
-            # A destination whose one connection keeps order (MQTT) may have a FIFO window in flight.
-            limit = getattr(cfg, "fifo_window", 1) if cfg.fifo else cfg.concurrency
-            allowance = ep.breaker.allowance(now, ep.in_flight, limit)
+                ep = self._state[key] = EndpointState(self.config)
+            if ep.settling:
+                continue  # the task that is settling a failure wakes the loop when it is durable
+            allowance = ep.breaker.allowance(now, ep.in_flight, ep.limit(cfg))
             if allowance <= 0:
                 t = ep.breaker.wake_at(now)
                 if t is not None and (wake_at is None or t < wake_at):
                     wake_at = t
                 continue
-            found = await self.queue.candidates(key, now, allowance, cfg.fifo, window=limit > 1)
+            if cfg.fifo and ep.claimed:
+                self._start_claimed(key, cfg, ep, allowance)
+                continue
+            batch = ep.batch(cfg, allowance)
+            found = await self.queue.candidates(key, now, batch, cfg.fifo, window=cfg.fifo)
             if found.corrupt:
                 await self.queue.mark_corrupt(found.corrupt)
                 again = True
             if found.next_due is not None and (wake_at is None or found.next_due < wake_at):
                 wake_at = found.next_due
-            rows = found.rows[:allowance]
+            rows = found.rows[:batch]
             if not rows:
                 continue
             claimed = await self.queue.claim([r.id for r in rows])
+            if cfg.fifo:
+                again = self._keep_in_order(ep, rows, claimed) or again
+                self._start_claimed(key, cfg, ep, allowance)
+                continue
             for row in rows:
-                if row.id not in claimed:
-                    continue
-                ep.in_flight += 1
-                ep.breaker.started()
-                task = asyncio.create_task(self._deliver(key, cfg, ep, row), name=f"deliver-{row.id}")
-                self._tasks[task] = row
-                task.add_done_callback(self._task_done)
+                if row.id in claimed:
+                    self._start(key, cfg, ep, row)
         return now if again else wake_at
+
+    async def _held(self, key: str, cfg: Destination) -> bool:
+        """A disabled endpoint: its claimed rows go back; its pending rows say why they wait."""
+        ep = self._state.get(key)
+        gave_back = ep is not None and bool(ep.claimed)
+        if ep is not None:
+            self._give_back(ep)
+        if key not in self._held_noted:
+            self._held_noted.add(key)
+            await self.queue.note_held(key, f"endpoint disabled: {self._disabled[cfg.url]}")
+        return gave_back
+
+    def _keep_in_order(self, ep: EndpointState, rows: list[Delivery], claimed: set[int]) -> bool:
+        """Keep the claimed FIFO rows up to the first one not claimed (the CLI cancelled it
+        meanwhile); what follows waits for the next read, so the order stays the one on disk."""
+        if len(claimed) < len(rows):
+            cut = next(i for i, r in enumerate(rows) if r.id not in claimed)
+            self._orphans.extend(r.id for r in rows[cut:] if r.id in claimed)
+            ep.claimed.extend(rows[:cut])
+            return True
+        ep.claimed.extend(rows)
+        return False
+
+    def _start(self, key: str, cfg: Destination, ep: EndpointState, row: Delivery) -> None:
+        ep.in_flight += 1
+        ep.breaker.started()
+        task = asyncio.create_task(self._deliver(key, cfg, ep, row), name=f"deliver-{row.id}")
+        self._tasks[task] = row
+        task.add_done_callback(self._task_done)
+
+    def _start_claimed(self, key: str, cfg: Destination, ep: EndpointState, allowance: int) -> None:
+        for _ in range(min(allowance, len(ep.claimed))):
+            self._start(key, cfg, ep, ep.claimed.popleft())
+
+    def _next(self, key: str, cfg: Destination, ep: EndpointState) -> None:
+        """A slot of the endpoint is free: start its next claimed row at once (no pass, no read)
+        when the endpoint may send, otherwise let the loop decide."""
+        may_send = not ep.settling and not self._stopping and cfg.url not in self._disabled
+        if ep.claimed and may_send and self._state.get(key) is ep and self._endpoints.get(key) is cfg:
+            allowance = ep.breaker.allowance(self.clock(), ep.in_flight, ep.limit(cfg))
+            if allowance > 0:
+                self._start_claimed(key, cfg, ep, allowance)
+                return
+        self.wake()
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.pop(task, None)
 
     # ---- one attempt
 
-    async def _deliver(self, key: str, cfg: Destination, ep: _Endpoint, row: Delivery) -> None:
+    async def _deliver(self, key: str, cfg: Destination, ep: EndpointState, row: Delivery) -> None:
+        slot = True  # this task still counts in ep.in_flight
+        settling = False
         try:
-            record, result = await self._attempt(cfg, row)
-            await self._record(record)
+            record, result = await self._attempts.run(cfg, row)
+            gone = ep.follow(record, result)
+            if gone is not None:
+                self._disabled[cfg.url] = gone
+            if result.outcome is Outcome.DELIVERED:
+                # The next row may go while this answer is being committed (that commit or the next);
+                # until then the row is in flight on disk, so a crash re-sends it (see the module doc).
+                pending = self.queue.submit_record([record])
+                slot = False
+                ep.finished()
+                self._next(key, cfg, ep)
+                await self._record(record, pending)
+            else:
+                settling = cfg.fifo
+                await self._record(record, None, ep.hold() if settling else [])
         except asyncio.CancelledError:
-            ep.in_flight -= 1
-            ep.breaker.finished()
+            if slot:
+                ep.finished()
             raise
         except Exception as exc:  # a bug must not leave the row in flight forever
-            ep.in_flight -= 1
-            # Nor the breaker waiting for a probe result that will never come; and counted as a
-            # failure, so that a bug that repeats opens the breaker instead of spinning.
-            ep.breaker.failure(self.clock())
-            ep.breaker.finished()
-            self._internal_error(key, row, exc)
+            if slot:
+                # Nor the breaker waiting for a probe result that will never come; and counted as a
+                # failure, so that a bug that repeats opens the breaker instead of spinning.
+                ep.breaker.failure(self.clock())
+                ep.finished()
+            self._attempts.internal_error(key, row, exc)
             with contextlib.suppress(OutboxError):
                 await self.queue.release([row.id], f"internal error: {type(exc).__name__}")
             return
-        ep.in_flight -= 1
-        try:
-            self._after(key, cfg, ep, row, record, result)
         finally:
-            ep.breaker.finished()
+            if settling:
+                ep.settling -= 1
+        if slot:
+            ep.finished()
+        self._report.observe(key, cfg.url, row, record, result)
         if result.outcome is Outcome.GONE:
             try:
                 await self.queue.disable_endpoint(cfg.url, self._disabled[cfg.url])
             except OutboxError as exc:
                 log.error("delivery_endpoint_state_not_saved", url=cfg.url, error=str(exc))
-        self.wake()
+        if slot or not ep.claimed:
+            # Without claimed rows left the loop reads the endpoint again; it also learns that
+            # nothing is in flight any more (``busy``).
+            self.wake()
 
-    def _internal_error(self, key: str, row: Delivery, exc: Exception) -> None:
-        """Once per episode per endpoint: the same bug on every retry would flood the journal."""
-        self.stats.internal_errors += 1
-        if key in self._internal_failing:
-            return
-        self._internal_failing.add(key)
-        log.error(
-            "delivery_internal_error",
-            id=row.id,
-            endpoint=key,
-            error=f"{type(exc).__name__}: {exc}",
-            exc_info=exc,
-        )
-
-    async def _attempt(self, cfg: Destination, row: Delivery) -> tuple[AttemptRecord, Classified]:
-        sender = await self._sender(cfg.kind)
-        started = time.perf_counter()
-        try:
-            sent = await sender.send(cfg, row, self.clock())
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Senders must not raise (their contract), but one that does (aiohttp refusing a header,
-            # a bug) makes a failed attempt: it follows the retry schedule like any other failure,
-            # never an immediate retry in a loop.
-            self._internal_error(cfg.key, row, exc)
-            sent = SendOutcome(
-                None,
-                time.perf_counter() - started,
-                error_class="internal",
-                error=f"internal error: {type(exc).__name__}",
-            )
-        else:
-            if cfg.key in self._internal_failing:
-                self._internal_failing.discard(cfg.key)
-                log.info("delivery_internal_error_cleared", endpoint=cfg.key)
-        now = self.clock()
-        judged = assess(sent, now)
-        decision = decide(
-            self.config,
-            judged.result,
-            attempts=row.attempts,
-            throttled=row.throttled,
-            age_base=row.age_base,
-            now=now,
-            rand=self._rand(),
-        )
-        record = AttemptRecord(
-            delivery_id=row.id,
-            at=now,
-            status=sent.status,
-            latency=sent.latency,
-            error_class=judged.error_class,
-            error=judged.error,
-            response=sent.response,
-            decision=decision,
-        )
-        return record, judged.result
-
-    async def _record(self, record: AttemptRecord) -> None:
-        # The HTTP outcome must reach the disk: until it does, the row stays in flight (FIFO holds).
+    async def _record(
+        self,
+        record: AttemptRecord,
+        pending: asyncio.Future[list[int]] | None,
+        unclaim: list[int] | None = None,
+    ) -> None:
+        # The outcome must reach the disk: until it does, the row stays in flight (FIFO holds).
         while True:
             try:
-                await self.queue.record([record])
+                if pending is None:
+                    pending = self.queue.submit_record([record], unclaim or ())
+                await pending
                 return
             except OutboxUnavailable as exc:
+                pending = None
                 self.stats.db_errors += 1
                 log.error("delivery_record_failed", id=record.delivery_id, error=str(exc))
                 if self._stopping:
                     return
                 await self._sleep(DB_RETRY_DELAY)
-
-    def _after(
-        self,
-        key: str,
-        cfg: Destination,
-        ep: _Endpoint,
-        row: Delivery,
-        rec: AttemptRecord,
-        result: Classified,
-    ) -> None:
-        """The endpoint's own state follows the outcome; then logs and counters observe it."""
-        out = result.outcome
-        if out is Outcome.DELIVERED or out is Outcome.ABORTED:
-            ep.breaker.success()
-        elif out is Outcome.THROTTLED:
-            if rec.decision.pause_endpoint_until is not None:
-                ep.breaker.pause(rec.decision.pause_endpoint_until)
-        elif out is Outcome.GONE:
-            self._disabled[cfg.url] = gone_reason(rec.decision.attempts)
-        else:
-            ep.breaker.failure(rec.at)
-        self._report.observe(key, cfg.url, row, rec, result)

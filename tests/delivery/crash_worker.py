@@ -1,5 +1,5 @@
-"""A dispatcher process for the SIGKILL test: ``burst`` enqueues and prints each accepted id;
-``drain`` sends what is left and exits when nothing is pending."""
+"""A dispatcher process for the SIGKILL tests: ``burst`` enqueues and prints each accepted id;
+``drain`` sends what is left and exits when nothing is pending; ``fifo`` drains one FIFO endpoint."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from agent.delivery.settings import DeliveryConfig, EndpointConfig, OutboxConfig
 
 async def main(mode: str, db: Path, url: str, secret: str, count: int) -> None:
     box = await Outbox.open(db, OutboxConfig())
-    ep = EndpointConfig("burst#0", url, (Secret(secret, "argv"),), fifo=False, concurrency=8)
+    fifo = mode == "fifo"
+    ep = EndpointConfig("burst#0", url, (Secret(secret, "argv"),), fifo=fifo, concurrency=1 if fifo else 8)
     disp = Dispatcher(box, {"burst#0": ep}, DeliveryConfig(jitter=0.0, retry_schedule=(0.0, 0.05)))
     await disp.start()
     if mode == "burst":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from agent.delivery.outbox import NewDelivery, Outbox
+from agent.delivery.settings import OutboxConfig
 from agent.receiver import start_receiver
 
 WORKER = Path(__file__).with_name("crash_worker.py")
@@ -65,3 +68,67 @@ async def test_sigkill_mid_burst_then_restart_delivers_every_accepted(tmp_path: 
     assert all(len(ids) == 1 for ids in by_seq.values())
     assert len(rec.received) >= len(accepted)
     print(f"accepted {len(accepted)}, received at kill {at_kill}, total {len(rec.received)}")
+
+
+@pytest.mark.slow
+async def test_sigkill_after_answers_before_their_commit_resends_them_in_order(
+    tmp_path: Path, secret: str
+) -> None:
+    """A FIFO endpoint sends the next row while the last answer is being committed. Kill -9 while
+    answers are not yet durable (another connection holds SQLite's write lock, as a backup tool or
+    a stuck CLI could): those rows were never marked delivered, so the restart sends them again,
+    in order, before anything newer; nothing answered is lost and nothing later overtakes."""
+    rec = await start_receiver(secret)
+    db = tmp_path / "outbox.sqlite3"
+    box = await Outbox.open(db, OutboxConfig())
+    await box.enqueue(
+        [
+            NewDelivery(
+                f"msg_{i:06d}", "burst#0", rec.url, "burst", "part_count", "m", f"e{i}", b'{"seq": %d}' % i, 0
+            )
+            for i in range(100)
+        ]
+    )
+    await box.close()
+    lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    try:
+        proc = await spawn("fifo", str(db), rec.url, secret, "0")
+        await rec.wait_for(1, within=60)
+        # From here on the worker's outcomes cannot be committed; it keeps sending what it claimed.
+        await asyncio.to_thread(lock.execute, "BEGIN IMMEDIATE")
+        at_lock = len(rec.received)
+        # The worker claimed a batch of rows in one commit before: it keeps sending them.
+        await rec.wait_for(at_lock + 3, within=60)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        lock.execute("ROLLBACK")
+        answered = [r.json()["seq"] for r in rec.received]  # type: ignore[index]
+        assert answered == list(range(len(answered)))
+        delivered_on_disk = {
+            int(row[0][4:])
+            for row in lock.execute("SELECT message_id FROM deliveries WHERE state = 'delivered'")
+        }
+        # Durable only in order: what is delivered on disk is a prefix of what was answered, and
+        # nothing answered while the commits were blocked became durable: the kill landed between
+        # answers and their commit.
+        assert delivered_on_disk == set(range(len(delivered_on_disk)))
+        assert len(delivered_on_disk) <= at_lock
+        not_durable = answered[len(delivered_on_disk) :]
+        assert len(not_durable) >= 3
+
+        drain = await spawn("fifo", str(db), rec.url, secret, "0")
+        assert drain.stdout is not None
+        out, _ = await asyncio.wait_for(drain.communicate(), 120)
+        assert drain.returncode == 0 and out.decode().strip() == "drained"
+    finally:
+        lock.close()
+        await rec.stop()
+
+    seqs = [r.json()["seq"] for r in rec.received]  # type: ignore[index]
+    assert all(r.valid for r in rec.received)
+    after = seqs[len(answered) :]
+    # The restart begins with the first answer that was not durable and goes on in order.
+    assert after == list(range(not_durable[0], 100))
+    assert sorted(set(seqs)) == list(range(100))
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0] == 100

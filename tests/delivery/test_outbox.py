@@ -392,3 +392,37 @@ async def test_claim_skips_rows_cancelled_meanwhile(outbox: Outbox) -> None:
     assert await outbox.cancel(2)
     assert await outbox.claim([1, 2]) == {1}
     assert (await outbox.counts()).in_flight == 1
+
+
+async def test_consecutive_outcomes_share_one_commit_and_are_durable_only_together(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = await Outbox.open(path, OutboxConfig(), clock=clock)
+    await box.enqueue([delivery(i) for i in range(1, 51)])
+    await box.claim(list(range(1, 51)))
+
+    def answered(i: int) -> AttemptRecord:
+        # A 1 KiB response per attempt: the batch needs new pages, which the full disk refuses.
+        return AttemptRecord(
+            i, clock.now, 200, 0.001, None, None, b"r" * 1024, Decision("delivered", 0, 1, 0)
+        )
+
+    with raw(path) as c:
+        pages = c.execute("PRAGMA page_count").fetchone()[0]
+    await set_page_limit(box, pages)
+    # Fifty receivers' answers, submitted one by one as the dispatcher does, before the writer runs.
+    futures = [box.queue.submit_record([answered(i)]) for i in range(1, 51)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, OutboxUnavailable) for r in results)
+    with raw(path) as c:
+        # None of them is durable: every row is still in flight (a restart re-sends all fifty).
+        assert c.execute("SELECT count(*) FROM deliveries WHERE state = 'in_flight'").fetchone()[0] == 50
+        assert c.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
+
+    await set_page_limit(box, 1_000_000)
+    before = box.stats.committed_batches
+    await asyncio.gather(*(box.queue.submit_record([answered(i)]) for i in range(1, 51)))
+    assert box.stats.committed_batches == before + 1  # one commit (one fsync) for the fifty
+    assert (await box.counts()).delivered == 50
+    await box.close()

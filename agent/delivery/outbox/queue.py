@@ -6,6 +6,7 @@ writer. A row that does not decode is reported as corrupt rather than sent.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ import structlog
 
 from agent.delivery.outbox.occupancy import Occupancy
 from agent.delivery.outbox.queries import disabled_endpoints
-from agent.delivery.outbox.writer import Writer
+from agent.delivery.outbox.writer import Statements, Writer
 from agent.delivery.records import (
     RESPONSE_KEEP,
     ROW_COLS,
@@ -32,6 +33,7 @@ _RECORD = (
     "UPDATE deliveries SET state = ?, due_at = ?, attempts = ?, throttled = ?, last_status = ?, "
     "last_error = ?, updated_at = ? WHERE id = ? AND state = 'in_flight'"
 )
+_UNCLAIM = "UPDATE deliveries SET state = 'pending', updated_at = ? WHERE id = ? AND state = 'in_flight'"
 _ATTEMPT = (
     "INSERT INTO attempts (delivery_id, at, status, latency, error_class, error, response) "
     "VALUES (?,?,?,?,?,?,?)"
@@ -122,7 +124,20 @@ class DispatchQueue:
         )
         return {int(r[0]) for r in rows}
 
-    async def record(self, records: Sequence[AttemptRecord]) -> None:
+    async def record(self, records: Sequence[AttemptRecord], unclaim: Sequence[int] = ()) -> None:
+        """Store attempt outcomes; returns once they are durable."""
+        await self.submit_record(records, unclaim)
+
+    def submit_record(
+        self, records: Sequence[AttemptRecord], unclaim: Sequence[int] = ()
+    ) -> asyncio.Future[list[int]]:
+        """Queue attempt outcomes for the writer's next commit; the future ends when they are durable.
+
+        Until then each row stays ``in_flight`` on disk, so a crash re-sends it (never loses it). The
+        writer commits in submission order, so the outcomes of consecutive deliveries share one
+        commit and a later outcome is never durable before an earlier one submitted before it.
+        ``unclaim``: rows claimed but never started go back to pending in the same transaction (a
+        FIFO endpoint stops after a failure: nothing may overtake the failed row)."""
         upd: list[Sequence[Any]] = []
         ins: list[Sequence[Any]] = []
         finished = 0
@@ -148,7 +163,15 @@ class DispatchQueue:
         def committed() -> None:
             self._occ.active -= finished
 
-        await self._writer.submit([(_RECORD, upd), (_ATTEMPT, ins)], mergeable=True, on_commit=committed)
+        statements: Statements = [(_RECORD, upd), (_ATTEMPT, ins)]
+        if unclaim:
+            statements.append((_UNCLAIM, [(self.clock(), i) for i in unclaim]))
+        return self._writer.submit(statements, mergeable=True, on_commit=committed)
+
+    async def unclaim(self, ids: Sequence[int]) -> None:
+        """Claimed rows that were never sent go back to pending as they were (no attempt, no error)."""
+        if ids:
+            await self._writer.submit([(_UNCLAIM, [(self.clock(), i) for i in ids])], mergeable=True)
 
     async def release(self, ids: Sequence[int], error: str) -> None:
         """In-flight rows go back to pending without counting an attempt (shutdown)."""
