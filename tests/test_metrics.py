@@ -132,3 +132,29 @@ def test_an_unreadable_machine_has_one_series_with_its_reason_and_none_once_read
     assert not any(dict(labels).get("status") == "None" for _, labels in samples(m))
     m.set_unreadable("mill-01", None, "status.otherwise", None)
     assert not any(k[0] == "edge_agent_machine_unreadable_since_seconds" for k in samples(m))
+
+
+def test_poll_errors_count_failed_and_overran_cycles_and_missed_ticks_are_their_own_series() -> None:
+    m = Metrics()
+    m.observe_poll("mill-01", 0.01, error="failed", errors=3, overran=2, missed=5, lags=[0.002, 0.03])
+    m.observe_poll("mill-01", 0.01, error="failed", errors=0, overran=1, missed=1, lags=[0.004])
+    got = samples(m)
+    assert got[("edge_agent_poll_errors_total", (("kind", "failed"), ("machine", "mill-01")))] == 3
+    assert got[("edge_agent_poll_errors_total", (("kind", "overran"), ("machine", "mill-01")))] == 3
+    assert got[("edge_agent_poll_missed_cycles_total", (("machine", "mill-01"),))] == 6
+    assert got[("edge_agent_poll_lag_seconds_count", ())] == 3
+    assert got[("edge_agent_poll_lag_seconds_bucket", (("le", "0.005"),))] == 2
+    m.forget_machine("mill-01")
+    assert "mill-01" not in m.render().decode()
+
+
+def test_an_unchanged_unreadable_machine_keeps_one_series_and_a_new_since_replaces_its_value() -> None:
+    m = Metrics()
+    m.set_unreadable("mill-01", "BAD", "device failure", 1000.0)
+    m.set_unreadable("mill-01", "BAD", "device failure", 1000.0)
+    m.set_unreadable("mill-01", "BAD", "device failure", 1500.0)
+    got = samples(m)
+    series = [k for k in got if k[0] == "edge_agent_machine_unreadable_since_seconds"]
+    assert len(series) == 1 and got[series[0]] == 1500.0
+    m.set_unreadable("mill-01", None, None, None)
+    assert not [k for k in samples(m) if k[0] == "edge_agent_machine_unreadable_since_seconds"]
