@@ -5,8 +5,9 @@
 
 For each N: an external simulator process serves N Modbus TCP machines (one port each, as in
 bench/poll.py); then, one after the other, (1) a bare pymodbus asyncio loop (one client per machine,
-one read of 20 holding registers a second, nothing else: the floor) and (2) ``edge-agent run`` with
-the bundled ``modbus-sim`` profile, one ``machine_status_changed`` webhook workflow and the API on,
+one read of 20 holding registers a second, nothing else: the floor) and (2) ``edge-agent run`` reading the same
+20 registers in one request, two status rules per machine, one ``machine_status_changed`` webhook
+workflow and the API on,
 are measured: CPU % of one core (utime+stime of the process over the window after warm-up), RSS,
 spawn → READY=1 (sd_notify), missed cycles, poll lag p99 and the worst event-loop lag (from the
 agent's own /metrics), and how long a /metrics scrape takes. Node-RED is not run here (see the
@@ -84,11 +85,19 @@ def write_config(root: Path, ports: list[int], receiver_url: str) -> tuple[Path,
         "log: {level: warning, format: json}\n"
         f"api: {{bind: {HOST}:{api_port}, token_file: secrets/api-token}}\n"
     )
+    # The setup: one read of 20 holding registers a second (as the bare loop does), two
+    # status rules; the simulator's execution and mode registers change now and then.
+    tags = "".join(f"  r{a}: {{table: holding, address: {a}}}\n" for a in range(2, REGISTERS))
     for i, port in enumerate(ports):
         mid = f"m{i:04d}"
         (cfg / "machines" / f"{mid}.yaml").write_text(
-            f"id: {mid}\nname: Bench {mid}\ngroup: Bench\nprofile: modbus-sim\n"
+            f"id: {mid}\nname: Bench {mid}\ngroup: Bench\n"
             f"modbus: {{host: {HOST}, port: {port}, unit: 1, timeout: 2s}}\npoll_interval: 1s\n"
+            "tags:\n  execution: {table: holding, address: 0}\n  mode: {table: holding, address: 1}\n"
+            + tags
+            + "status:\n  min_state: 0s\n  rules:\n"
+            "    - {when: {execution: 1}, state: ACTIVE}\n    - {when: {mode: 2}, state: SETUP}\n"
+            "  otherwise: IDLE\n"
         )
     (cfg / "workflows" / "status.yaml").write_text(
         "name: Status feed\ntrigger: {type: machine_status_changed}\nactions:\n"

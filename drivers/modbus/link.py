@@ -201,8 +201,7 @@ class Link:
             if self._state is not ConnectionState.CONNECTED or client is None:
                 raise LinkDown(self.reason or f"not connected to {self.name}")
             try:
-                async with asyncio.timeout(deadline):
-                    reply = await client.read(FUNCTION[table], address, count, unit)
+                reply = await client.read(FUNCTION[table], address, count, unit, deadline)
             except TimeoutError:
                 self._silent += 1
                 if self._silent >= MAX_SILENT_REQUESTS:

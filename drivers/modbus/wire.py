@@ -64,6 +64,11 @@ def decode_reply(function: int, pdu: bytes) -> Reply:
     return Reply([bool(byte >> i & 1) for byte in data for i in range(8)])
 
 
+def _expire(future: asyncio.Future[Reply]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class ModbusTcpClient(asyncio.Protocol):
     def __init__(self, on_lost: Callable[[], None]) -> None:
         self._on_lost = on_lost
@@ -86,18 +91,24 @@ class ModbusTcpClient(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def read(self, function: int, address: int, count: int, unit: int) -> Reply:
-        """Send one read request and wait for its reply (the caller sets the deadline)."""
+    async def read(self, function: int, address: int, count: int, unit: int, within: float) -> Reply:
+        """Send one read request and wait for its reply; ``TimeoutError`` after ``within`` seconds.
+
+        The deadline is one timer handle on the reply's future: ``asyncio.timeout`` around the await
+        cost a Timeout object, a rescheduled handle and the task's uncancel bookkeeping per read."""
         transport = self._transport
         if transport is None or transport.is_closing():
             raise WireError("not connected")
         self._tid = (self._tid + 1) & 0xFFFF
-        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
         self._pending = (self._tid, function, unit, future)
+        expiry = loop.call_at(loop.time() + within, _expire, future)
         try:
             transport.write(encode_read(self._tid, unit, function, address, count))
             return await future
         finally:
+            expiry.cancel()
             self._pending = None
 
     # -- asyncio.Protocol
