@@ -9,7 +9,7 @@ from itertools import islice
 from typing import Any
 
 from agent.config.machines import MachineConfig
-from agent.metrics import Metrics
+from agent.metrics import Metrics, PollSeries
 from agent.supervisor import Supervisor
 from drivers.base import Driver, Quality, Sample
 
@@ -41,6 +41,7 @@ class MachineRun:
     # prometheus child per poll (a lock and a dict lookup) showed up in the poll path's profile.
     good: int = 0
     bad: int = 0
+    series: PollSeries | None = None
 
 
 class Collection:
@@ -99,26 +100,27 @@ class Collection:
         into the metrics (the ticker calls this once a second)."""
         metrics = self._metrics
         for mid, run in self.runs.items():
-            if run.good or run.bad:
-                if run.good:
-                    metrics.count_readings(mid, run.good, "good")
-                if run.bad:
-                    metrics.count_readings(mid, run.bad, "bad")
-                run.good = run.bad = 0
+            series = run.series
+            if series is None:
+                series = run.series = metrics.poll_series(mid)
+            if run.good:
+                series.good.inc(run.good)
+                run.good = 0
+            if run.bad:
+                series.bad.inc(run.bad)
+                run.bad = 0
             st = run.collector.stats
             new = st.polls - run.polls_seen
             if new <= 0:
                 continue
+            series.duration.observe(st.last_poll_duration)
+            errors, overran, missed = (
+                st.errors - run.errors_seen,
+                st.overruns - run.overruns_seen,
+                st.skipped - run.skipped_seen,
+            )
             lags = st.lags
             recent = list(islice(lags, max(0, len(lags) - new), None))
-            metrics.observe_poll(
-                mid,
-                st.last_poll_duration,
-                error="failed",
-                errors=st.errors - run.errors_seen,
-                overran=st.overruns - run.overruns_seen,
-                missed=st.skipped - run.skipped_seen,
-                lags=recent,
-            )
+            metrics.observe_cycles(mid, errors=errors, overran=overran, missed=missed, lags=recent)
             run.polls_seen, run.errors_seen = st.polls, st.errors
             run.overruns_seen, run.skipped_seen = st.overruns, st.skipped

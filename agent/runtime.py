@@ -1,13 +1,14 @@
 """The daemon: collection, derivation + workflows, delivery and the local API on one event loop.
 
 Start order: outbox and derived state first (nothing is collected that could not be kept), then the
-dispatcher, the API, and the collectors last. Stop order is the reverse. ``READY=1`` is sent only once
-the configuration is loaded, the outbox is open and the API listens.
+dispatcher, the API, and the collectors last, just after ``READY=1`` (sent once the configuration is
+loaded, the outbox and the state store are open and the API listens). Stop order is the reverse.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from collections import Counter
@@ -90,8 +91,6 @@ class Runtime:
             self.feed = LiveFeed(lambda: self.pipeline.machines, lambda: self.pipeline.derivers, self.clock)
         await self.dispatcher.start()
         await self._start_api()
-        for machine in cfg.machines:
-            self.collection.start(machine)
         self.supervisor.start("ticker", self._ticker)
         self.supervisor.start("loop-lag", self.loop_lag.run)
         if self.notifier.watchdog_interval() is not None:
@@ -106,6 +105,13 @@ class Runtime:
             state_dir=str(cfg.agent.state_dir),
             startup_seconds=round(self.clock() - self.started_at, 3),
         )
+        # After READY (config, outbox, state and API are up): building 500 drivers took half of the
+        # start, and connecting goes on in the background anyway.
+        for machine in cfg.machines:
+            self.collection.start(machine)
+        # Configuration, derivers and drivers live as long as the process: out of the collector's
+        # sight, a full collection no longer walks them (at 2,000 machines one took ~0.1 s).
+        gc.freeze()
 
     async def _open_files(self) -> None:
         from agent.delivery.outbox import Outbox
