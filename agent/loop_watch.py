@@ -4,6 +4,8 @@ episodes in which accepting API connections fails for want of file descriptors."
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ ACCEPT_EPISODE_SECONDS = 60.0
 LAG_SAMPLE_SECONDS = 0.1
 # A stall this long is logged (with the longest so far), so an operator sees it without /metrics.
 STALL_LOG_SECONDS = 0.25
+GC_LOG_SECONDS = 0.05
 
 
 class LoopLag:
@@ -59,3 +62,39 @@ class AcceptEpisodes:
 
     def _over(self) -> None:
         self.failing = False
+
+
+class GcPauses:
+    """Logs a garbage collection that held the loop for ``GC_LOG_SECONDS`` or more (a full
+    collection walks every tracked object: with thousands of machines that is a stall to name)."""
+
+    def __init__(self, observe: Callable[[int, float], None] | None = None) -> None:
+        self._observe = observe
+        self._started = 0.0
+        self.worst = 0.0
+
+    def install(self) -> None:
+        # Configuration, derivers and drivers live as long as the process: frozen, out of the
+        # collector's sight, a full collection no longer walks them.
+        gc.freeze()
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def remove(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._started
+        generation = int(info.get("generation", -1))
+        if self._observe is not None:
+            self._observe(generation, seconds)
+        if seconds > self.worst:
+            self.worst = seconds
+        if seconds >= GC_LOG_SECONDS:
+            log.warning(
+                "gc_pause", generation=generation, seconds=round(seconds, 3), collected=info.get("collected")
+            )
