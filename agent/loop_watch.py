@@ -19,6 +19,8 @@ LAG_SAMPLE_SECONDS = 0.1
 # A stall this long is logged (with the longest so far), so an operator sees it without /metrics.
 STALL_LOG_SECONDS = 0.25
 GC_LOG_SECONDS = 0.05
+# After start, when the collectors' connections are up, long-lived objects are frozen once more.
+GC_SETTLE_SECONDS = 30.0
 
 
 class LoopLag:
@@ -79,6 +81,14 @@ class GcPauses:
         gc.freeze()
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)
+
+    def settle(self) -> None:
+        """Once the connections are up: collect what start-up left behind, then freeze the rest
+        (transports, protocols, tasks: they live as long as the process). Afterwards a full
+        collection walks only what polls create (at 2,000 machines: 90-130 ms pauses before)."""
+        if self._callback in gc.callbacks:  # not after the runtime stopped
+            gc.collect()
+            gc.freeze()
 
     def remove(self) -> None:
         if self._callback in gc.callbacks:

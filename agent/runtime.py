@@ -24,7 +24,7 @@ from agent.config.machines import MachineConfig
 from agent.config_changes import endpoints_of, machine_changes, reload_report
 from agent.delivery.settings import OUTBOX_FILE
 from agent.health import Facts, Health, judge, status_line
-from agent.loop_watch import AcceptEpisodes, GcPauses, LoopLag
+from agent.loop_watch import GC_SETTLE_SECONDS, AcceptEpisodes, GcPauses, LoopLag
 from agent.metrics import Metrics
 from agent.notify import Notifier
 from agent.state_lock import StateDirLock, lock_state_dir, prepare_state_dir
@@ -110,6 +110,7 @@ class Runtime:
         for machine in cfg.machines:
             self.collection.start(machine)
         self.gc_pauses.install()  # and freezes what lives as long as the process
+        asyncio.get_running_loop().call_later(GC_SETTLE_SECONDS, self.gc_pauses.settle)
 
     async def _open_files(self) -> None:
         from agent.delivery.outbox import Outbox
