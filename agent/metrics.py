@@ -7,7 +7,8 @@ never a URL with credentials or a query string (``safe_label`` strips those if o
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -16,8 +17,10 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
 )
+from prometheus_client.metrics import MetricWrapperBase
+
+from agent.metrics_text import text_slices
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 POLL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -41,12 +44,30 @@ def safe_label(value: str) -> str:
     return _URL.sub(strip, value)[:MAX_LABEL]
 
 
+@dataclass(frozen=True, slots=True)
+class PollSeries:
+    duration: Histogram
+    good: Counter
+    bad: Counter
+
+
 class Metrics:
     """Every metric of issue 6, with typed update methods so callers never spell label names."""
 
     def __init__(self, namespace: str = "edge_agent") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r, ns = self.registry, namespace
+        self._collection_metrics(namespace)
+        self._derived_metrics(namespace)
+        self._delivery_metrics(namespace)
+        # Every metric, in the order of its creation: what the exposition text lists.
+        self._families = [v for v in vars(self).values() if isinstance(v, MetricWrapperBase)]
+        self._statuses: set[str] = set()
+        self._unreadable: dict[str, tuple[tuple[str, str], float]] = {}  # machine -> (labels, since) set
+        # Label sets per machine, so a removed machine's series can be dropped with public API only.
+        self._machine_series: dict[str, set[tuple[str, str]]] = {}
+
+    def _collection_metrics(self, ns: str) -> None:
+        r = self.registry
         self.machines = Gauge(f"{ns}_machines", "Machines by derived status.", ["status"], registry=r)
         self.unreadable = Gauge(
             f"{ns}_machine_unreadable_since_seconds",
@@ -61,19 +82,48 @@ class Metrics:
             buckets=POLL_BUCKETS,
             registry=r,
         )
+        # One series for all machines: per-machine lag buckets would multiply the scrape by N again.
+        self.poll_lag = Histogram(
+            f"{ns}_poll_lag_seconds",
+            "How late a poll cycle started after its scheduled time, all machines.",
+            buckets=POLL_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            f"{ns}_event_loop_lag_seconds",
+            "How late the event loop woke a 0.1 s sleep: time it spent blocked or busy with other work.",
+            buckets=POLL_BUCKETS,
+            registry=r,
+        )
         self.poll_errors = Counter(
-            f"{ns}_poll_errors_total", "Poll cycles that failed or overran.", ["machine", "kind"], registry=r
+            f"{ns}_poll_errors_total",
+            "Poll cycles that failed (kind=failed: a driver error or a reading not good) or overran "
+            "(kind=overran: still running at the next tick).",
+            ["machine", "kind"],
+            registry=r,
+        )
+        self.missed_cycles = Counter(
+            f"{ns}_poll_missed_cycles_total",
+            "Scheduled poll cycles never started because the previous one overran.",
+            ["machine"],
+            registry=r,
         )
         self.readings = Counter(
             f"{ns}_readings_total", "Tag readings collected, by quality.", ["machine", "quality"], registry=r
         )
+
+    def _derived_metrics(self, ns: str) -> None:
+        r = self.registry
         self.events = Counter(f"{ns}_events_total", "Derived events, by type.", ["type"], registry=r)
         self.workflow_executions = Counter(
             f"{ns}_workflow_executions_total",
-            "Workflow executions, by outcome.",
+            "Workflow executions (every firing: from readings, timers, schedules and operators), by outcome.",
             ["workflow", "outcome"],
             registry=r,
         )
+
+    def _delivery_metrics(self, ns: str) -> None:
+        r = self.registry
         self.outbox_pending = Gauge(f"{ns}_outbox_pending", "Deliveries waiting to be sent.", registry=r)
         self.outbox_in_flight = Gauge(f"{ns}_outbox_in_flight", "Deliveries being sent now.", registry=r)
         self.outbox_dead = Gauge(f"{ns}_outbox_dead", "Deliveries that gave up (dead letters).", registry=r)
@@ -105,10 +155,6 @@ class Metrics:
             buckets=DELIVERY_BUCKETS,
             registry=r,
         )
-        self._statuses: set[str] = set()
-        self._unreadable: dict[str, tuple[str, str]] = {}  # machine -> (status, reason) labels set
-        # Label sets per machine, so a removed machine's series can be dropped with public API only.
-        self._machine_series: dict[str, set[tuple[str, str]]] = {}
 
     # -- collection
 
@@ -125,24 +171,85 @@ class Metrics:
         self, machine: str, status: str | None, reason: str | None, since: float | None
     ) -> None:
         """One series per machine while it is DISCONNECTED or BAD (value: since when); none otherwise."""
+        old = self._unreadable.get(machine)
+        if old is None and (status is None or since is None):
+            return  # the common case every second: readable before and now, nothing to touch
         m = safe_label(machine)
         labels = None if status is None or since is None else (safe_label(status), safe_label(reason or ""))
-        old = self._unreadable.get(m)
-        if old is not None and old != labels:
-            self.unreadable.remove(m, *old)
-            del self._unreadable[m]
+        if old is not None and (old[0], old[1]) == (labels, since):
+            return
+        if old is not None and old[0] != labels:
+            self.unreadable.remove(m, *old[0])
+            del self._unreadable[machine]
         if labels is not None and since is not None:
             self.unreadable.labels(machine=m, status=labels[0], reason=labels[1]).set(since)
-            self._unreadable[m] = labels
+            self._unreadable[machine] = (labels, since)
 
-    def observe_poll(self, machine: str, seconds: float, *, error: str | None = None) -> None:
+    def observe_poll(
+        self,
+        machine: str,
+        seconds: float,
+        *,
+        error: str | None = None,
+        errors: int = 1,
+        overran: int = 0,
+        missed: int = 0,
+        lags: Iterable[float] = (),
+    ) -> None:
+        """A machine's latest poll duration, and what happened since the last call: ``errors`` failed
+        cycles (counted under ``kind=error`` when given), ``overran`` cycles, ``missed`` ticks, lags."""
         m = safe_label(machine)
         self.poll_duration.labels(machine=m).observe(seconds)
         self._machine_series.setdefault(m, set()).add(("poll", ""))
-        if error is not None:
-            kind = safe_label(error)
-            self.poll_errors.labels(machine=m, kind=kind).inc()
-            self._machine_series[m].add(("error", kind))
+        self.observe_cycles(
+            machine,
+            errors=errors if error is not None else 0,
+            overran=overran,
+            missed=missed,
+            lags=lags,
+            kind=error,
+        )
+
+    def observe_cycles(
+        self,
+        machine: str,
+        *,
+        errors: int = 0,
+        overran: int = 0,
+        missed: int = 0,
+        lags: Iterable[float] = (),
+        kind: str | None = "failed",
+    ) -> None:
+        """Failed and overrun cycles, missed ticks and poll lags of a machine since the last call."""
+        if errors > 0 or overran > 0 or missed > 0:
+            m = safe_label(machine)
+            series = self._machine_series.setdefault(m, set())
+            if errors > 0 and kind is not None:
+                k = safe_label(kind)
+                self.poll_errors.labels(machine=m, kind=k).inc(errors)
+                series.add(("error", k))
+            if overran > 0:
+                self.poll_errors.labels(machine=m, kind="overran").inc(overran)
+                series.add(("error", "overran"))
+            if missed > 0:
+                self.missed_cycles.labels(machine=m).inc(missed)
+                series.add(("missed", ""))
+        observe = self.poll_lag.observe
+        for lag in lags:
+            observe(lag if lag > 0.0 else 0.0)
+
+    def poll_series(self, machine: str) -> PollSeries:
+        """A machine's poll duration and readings series, looked up once: the once-a-second update
+        of 2,000 machines spent most of its time in ``labels()`` (a lock and a tuple per call)."""
+        m = safe_label(machine)
+        self._machine_series.setdefault(m, set()).update(
+            {("poll", ""), ("reading", "good"), ("reading", "bad")}
+        )
+        return PollSeries(
+            self.poll_duration.labels(machine=m),
+            self.readings.labels(machine=m, quality="good"),
+            self.readings.labels(machine=m, quality="bad"),
+        )
 
     def count_readings(self, machine: str, n: int = 1, quality: str = "good") -> None:
         m = safe_label(machine)
@@ -185,6 +292,8 @@ class Metrics:
                 self.poll_duration.remove(m)
             elif family == "error":
                 self.poll_errors.remove(m, extra)
+            elif family == "missed":
+                self.missed_cycles.remove(m)
             else:
                 self.readings.remove(m, extra)
 
@@ -192,4 +301,8 @@ class Metrics:
 
     def render(self) -> bytes:
         """The Prometheus text exposition format (serve with ``CONTENT_TYPE``)."""
-        return generate_latest(self.registry)
+        return "".join(self.render_slices()).encode()
+
+    def render_slices(self) -> Iterator[str]:
+        """The same text in pieces: the runtime lets the loop run between them."""
+        return text_slices(self._families)

@@ -12,15 +12,40 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from agent.derive.errors import DeriveError, UnknownDowntime
+from agent.deriver import Deriver, machine_ref
 from agent.events import MANUAL_TRIGGER, Event, MachineRef, new_event_id
 from agent.holdback import HoldBack, OutboxIntake
 from agent.mqtt.tags import TagReporter
 from agent.mqtt.uns import Namespace
+from agent.refusals import (  # re-exported: the API and the panel import them from here
+    NotDurable as NotDurable,
+)
+from agent.refusals import (
+    NotManual as NotManual,
+)
+from agent.refusals import (
+    OutOfScope as OutOfScope,
+)
+from agent.refusals import (
+    PipelineError as PipelineError,
+)
+from agent.refusals import (
+    Throttled as Throttled,
+)
+from agent.refusals import (
+    UnknownMachine as UnknownMachine,
+)
+from agent.refusals import (
+    UnknownWorkflow as UnknownWorkflow,
+)
+from agent.refusals import (
+    WorkflowDisabled as WorkflowDisabled,
+)
 from agent.state.journal import JOURNAL_KEY, Journal, journal_rows
 from agent.state.saver import StateSaver, Store
 from agent.workflows.match import exceeded_thresholds, in_scope
@@ -35,71 +60,6 @@ log = structlog.get_logger(__name__)
 SCHEDULE_STATE_KEY = "#workflow-schedules"
 
 
-class PipelineError(Exception):
-    """A refused operator request; ``field`` names the request field at fault (for the API)."""
-
-    field: str | None = None
-
-
-class UnknownWorkflow(PipelineError):
-    field = "workflow"
-
-
-class UnknownMachine(PipelineError):
-    field = "machine"
-
-
-class WorkflowDisabled(PipelineError):
-    field = "workflow"
-
-
-class NotManual(PipelineError):
-    field = "workflow"
-
-
-class OutOfScope(PipelineError):
-    field = "machine"
-
-
-class Throttled(PipelineError):
-    field = "workflow"
-
-
-class NotDurable(PipelineError):
-    """The outbox cannot store the request now (disk full, I/O error): nothing was accepted."""
-
-    field = None
-
-
-class Deriver(Protocol):
-    """What the pipeline uses of ``agent.derive.machine.MachineDeriver``."""
-
-    def ingest(self, samples: Sequence[Any], now: float) -> list[Event]: ...
-    def tick(self, now: float) -> list[Event]: ...
-    def categorize(
-        self,
-        downtime_id: str,
-        category: str,
-        notes: str | None,
-        operator: Mapping[str, Any] | None,
-        now: float,
-    ) -> Event: ...
-    def snapshot(self) -> dict[str, Any]: ...
-    def parts_since(self, ts: float) -> int: ...
-    @property
-    def part_total(self) -> int: ...
-    def set_exceeded_after(self, thresholds: Sequence[float]) -> None: ...
-
-
-def _ref(machine: Any) -> MachineRef:
-    if isinstance(machine, MachineRef):
-        return machine
-    ref = getattr(machine, "ref", None)
-    if isinstance(ref, MachineRef):
-        return ref
-    raise TypeError(f"expected a MachineRef or an object with .ref, got {type(machine).__name__}")
-
-
 class Pipeline:
     def __init__(
         self,
@@ -112,12 +72,15 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         on_enqueued: Callable[[], None] | None = None,
         on_events: Callable[[Sequence[Event]], None] | None = None,
+        on_firings: Callable[[Sequence[Firing]], None] | None = None,
         snapshot_interval: float = 5.0,
         max_waiting: int = 100_000,
         namespace: Namespace | None = None,
         agent_name: str = "edge-agent",
     ) -> None:
         self._on_events = on_events
+        # Every execution, whatever fired it (readings, timers, schedules, an operator), is counted here.
+        self._on_firings = on_firings
         # The Unified Namespace (agent.yaml ``publish:``): retained per-machine state on the broker.
         self.namespace = namespace
         self.agent_name = agent_name
@@ -146,7 +109,7 @@ class Pipeline:
     # -- configuration and reload
 
     def set_machines(self, machines: Mapping[str, Any], derivers: Mapping[str, Deriver]) -> None:
-        self.machines = {mid: _ref(m) for mid, m in machines.items()}
+        self.machines = {mid: machine_ref(m) for mid, m in machines.items()}
         self.derivers = dict(derivers)
         self._push_thresholds()
 
@@ -346,6 +309,8 @@ class Pipeline:
             await self._saver.save(now, {e.machine.id for e in events if e.machine is not None})
         durable = await self._holdback.enqueue(planned.rows)
         firings = [f if durable else f.not_durable() for f in planned.firings]
+        if firings and self._on_firings is not None:
+            self._on_firings(firings)
         for f in firings:
             self._last_firing[f.workflow] = f
             log.info(

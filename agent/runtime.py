@@ -1,8 +1,8 @@
 """The daemon: collection, derivation + workflows, delivery and the local API on one event loop.
 
 Start order: outbox and derived state first (nothing is collected that could not be kept), then the
-dispatcher, the API, and the collectors last. Stop order is the reverse. ``READY=1`` is sent only once
-the configuration is loaded, the outbox is open and the API listens.
+dispatcher, the API, and the collectors last, just after ``READY=1`` (sent once the configuration is
+loaded, the outbox and the state store are open and the API listens). Stop order is the reverse.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from aiohttp import web
 from agent.collection import Collection
 from agent.config.agent_file import Config, collect_config
 from agent.config.machines import MachineConfig
-from agent.delivery.senders import Destination
+from agent.config_changes import endpoints_of, machine_changes, reload_report
 from agent.delivery.settings import OUTBOX_FILE
 from agent.health import Facts, Health, judge, status_line
+from agent.loop_watch import GC_SETTLE_SECONDS, AcceptEpisodes, GcPauses, LoopLag
 from agent.metrics import Metrics
 from agent.notify import Notifier
 from agent.state_lock import StateDirLock, lock_state_dir, prepare_state_dir
@@ -36,8 +37,6 @@ STATE_FILE = "state.sqlite3"
 TICK_SECONDS = 1.0
 # counts() scans the outbox table (0.1-0.2 s at a million rows, off the loop): not every tick.
 OUTBOX_COUNTS_SECONDS = 10.0
-# asyncio gives no "accept works again" signal: an EMFILE episode is over after this long.
-ACCEPT_EPISODE_SECONDS = 60.0
 
 
 class Runtime:
@@ -74,23 +73,61 @@ class Runtime:
         self._disk_error: str | None = None
         self._counts_at = 0.0
         self._lock: StateDirLock | None = None
-        self._accept_failing = False
+        self._accept_episodes = AcceptEpisodes()
+        self.loop_lag = LoopLag(self.metrics.loop_lag.observe)
+        self.gc_pauses = GcPauses()
 
     # ---- start / stop
 
     async def start(self) -> None:
-        from agent.delivery.dispatcher import Dispatcher
+        cfg = self.config
+        await self._open_files()
+        await self._build_pipeline()
+        await self.pipeline.start()
+        await self.pipeline.publish_state()
+        if cfg.agent.api.enabled and cfg.agent.api.panel:
+            from agent.panel.feed import LiveFeed
+
+            self.feed = LiveFeed(lambda: self.pipeline.machines, lambda: self.pipeline.derivers, self.clock)
+        await self.dispatcher.start()
+        await self._start_api()
+        self.supervisor.start("ticker", self._ticker)
+        self.supervisor.start("loop-lag", self.loop_lag.run)
+        if self.notifier.watchdog_interval() is not None:
+            self.supervisor.start("watchdog", self.notifier.keep_alive)
+        await self._refresh_outbox_counts()
+        self.notifier.ready(self.status_line())
+        log.info(
+            "agent_ready",
+            machines=len(cfg.machines),
+            workflows=len(cfg.workflows),
+            api=self.api_url,
+            state_dir=str(cfg.agent.state_dir),
+            startup_seconds=round(self.clock() - self.started_at, 3),
+        )
+        # After READY (config, outbox, state and API are up): building 500 drivers took half of the
+        # start, and connecting goes on in the background anyway.
+        for machine in cfg.machines:
+            self.collection.start(machine)
+        self.gc_pauses.install()  # and freezes what lives as long as the process
+        asyncio.get_running_loop().call_later(GC_SETTLE_SECONDS, self.gc_pauses.settle)
+
+    async def _open_files(self) -> None:
         from agent.delivery.outbox import Outbox
-        from agent.pipeline import Pipeline
         from agent.state.store import StateStore
 
-        cfg = self.config
-        state_dir = cfg.agent.state_dir
+        state_dir = self.config.agent.state_dir
         prepare_state_dir(state_dir)
         # Before any file is opened: a second agent on the same outbox would deliver every row twice.
         self._lock = lock_state_dir(state_dir)
-        self.outbox = await Outbox.open(state_dir / OUTBOX_FILE, cfg.agent.outbox)
+        self.outbox = await Outbox.open(state_dir / OUTBOX_FILE, self.config.agent.outbox)
         self.store = await StateStore.open(state_dir / STATE_FILE)
+
+    async def _build_pipeline(self) -> None:
+        from agent.delivery.dispatcher import Dispatcher
+        from agent.pipeline import Pipeline
+
+        cfg = self.config
         derivers = await self._derivers(cfg.machines)
         self.dispatcher = Dispatcher(
             self.outbox, endpoints_of(cfg), cfg.agent.delivery, on_result=self.metrics.observe_delivery
@@ -109,37 +146,16 @@ class Runtime:
             clock=self.clock,
             on_enqueued=self.dispatcher.wake,
             on_events=self._count_events,
+            on_firings=self._count_firings,
             namespace=namespace,
             agent_name=cfg.agent.name,
-        )
-        await self.pipeline.start()
-        await self.pipeline.publish_state()
-        if cfg.agent.api.enabled and cfg.agent.api.panel:
-            from agent.panel.feed import LiveFeed
-
-            self.feed = LiveFeed(lambda: self.pipeline.machines, lambda: self.pipeline.derivers, self.clock)
-        await self.dispatcher.start()
-        await self._start_api()
-        for machine in cfg.machines:
-            self.collection.start(machine)
-        self.supervisor.start("ticker", self._ticker)
-        if self.notifier.watchdog_interval() is not None:
-            self.supervisor.start("watchdog", self.notifier.keep_alive)
-        await self._refresh_outbox_counts()
-        self.notifier.ready(self.status_line())
-        log.info(
-            "agent_ready",
-            machines=len(cfg.machines),
-            workflows=len(cfg.workflows),
-            api=self.api_url,
-            state_dir=str(state_dir),
-            startup_seconds=round(self.clock() - self.started_at, 3),
         )
 
     async def stop(self, grace: float = 5.0) -> None:
         """Reverse of start: no new input (collectors, API), then everything derived reaches the
         outbox and the state store, in-flight webhooks get ``grace`` seconds, then the files close."""
         self.notifier.stopping("stopping")
+        self.gc_pauses.remove()
         log.info("agent_stopping")
         await asyncio.gather(*(self.collection.stop(mid) for mid in list(self.collection.runs)))
         if self.feed is not None:
@@ -217,6 +233,10 @@ class Runtime:
         for event_type, n in Counter(e.event for e in events).items():
             self.metrics.count_event(event_type, n)
 
+    def _count_firings(self, firings: Sequence[Any]) -> None:
+        for f in firings:
+            self.metrics.count_workflow(f.workflow, "queued" if f.durable else "waiting")
+
     # ---- the once-a-second tick: timers, schedules, metrics, systemd status
 
     async def _ticker(self) -> None:
@@ -228,22 +248,19 @@ class Runtime:
             if loop.time() - next_at > TICK_SECONDS:
                 next_at = loop.time()  # the loop was stalled: do not catch up with a burst of ticks
             try:
-                executions = await self.pipeline.tick()
+                await self.pipeline.tick()
             except Exception as exc:
                 log.error("tick_failed", error=repr(exc))
-                executions = []
             try:
                 await self.pipeline.publish_tags()
             except Exception as exc:
                 log.error("tag_publishing_failed", error=repr(exc))
-            for ex in executions:
-                self.metrics.count_workflow(ex.workflow, "queued" if ex.durable else "waiting")
             if self.feed is not None:
                 self.feed.observe_all()  # timers, and categorizations made through the JSON API
             if loop.time() - self._counts_at >= OUTBOX_COUNTS_SECONDS:
                 self._counts_at = loop.time()
                 await self._refresh_outbox_counts()
-            self._update_metrics()
+            self.update_metrics()
             self.notifier.status(self.status_line())
 
     async def _refresh_outbox_counts(self) -> None:
@@ -253,7 +270,7 @@ class Runtime:
         except Exception as exc:
             self._disk_error = f"{type(exc).__name__}: {exc}"
 
-    def _update_metrics(self) -> None:
+    def update_metrics(self) -> None:
         # A machine without a status yet is in no series (not status="None").
         statuses = Counter(d.status for d in self.pipeline.derivers.values() if d.status is not None)
         self.metrics.set_machine_statuses(statuses)
@@ -298,57 +315,11 @@ class Runtime:
     # ---- the API, with /metrics, /healthz, /readyz and reload added to the operator routes
 
     async def _start_api(self) -> None:
-        from agent.api.server import add_public_route, bound_port, create_app, start_api
+        from agent.daemon_routes import start_daemon_api
 
-        api = self.config.agent.api
-        if not api.enabled:
-            log.warning(
-                "api_disabled", detail="no api: section; manual triggers, /metrics and /readyz are off"
-            )
-            return
-        app = create_app(self.pipeline, self.outbox, api)
-        app.router.add_get("/metrics", self._metrics_handler)
-        app.router.add_post("/api/v1/reload", self._reload_handler)
-        add_public_route(app, "GET", "/healthz", self._healthz)
-        add_public_route(app, "GET", "/readyz", self._readyz)
-        if self.feed is not None:
-            from agent.panel.routes import PanelContext, install_panel
-
-            install_panel(
-                app,
-                PanelContext(
-                    pipeline=self.pipeline,
-                    outbox=self.outbox,
-                    dispatcher=self.dispatcher,
-                    feed=self.feed,
-                    api=api,
-                    categories=lambda: self.config.agent.categories.names,
-                    agent_name=lambda: self.config.agent.name,
-                ),
-            )
-        self._runner = await start_api(app, api)
-        host = api.base_url.rsplit(":", 1)[0]
-        self.api_url = f"{host}:{bound_port(self._runner)}"
-
-    async def _metrics_handler(self, request: web.Request) -> web.Response:
-        self._update_metrics()
-        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "uptime_seconds": round(self.clock() - self.started_at, 1)})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        from agent.api.server import is_authorized
-
-        h = self.health()
-        body: dict[str, Any] = {"status": "ready" if h.ok else "degraded", "reasons": h.reasons}
-        if h.detail and is_authorized(request):
-            body["detail"] = h.detail
-        return web.json_response(body, status=200 if h.ok else 503)
-
-    async def _reload_handler(self, request: web.Request) -> web.Response:
-        result = await self.reload()
-        return web.json_response(result, status=200 if result["ok"] else 422)
+        started = await start_daemon_api(self)
+        if started is not None:
+            self._runner, self.api_url = started
 
     # ---- reload: a bad config is rejected and the running one stays
 
@@ -407,20 +378,7 @@ class Runtime:
             for m in self.config.machines:
                 if m.id not in self.collection:
                     self.collection.start(m)
-        return self._reloaded(new, added, removed, changed)
-
-    def _reloaded(
-        self, new: Config, added: list[str], removed: list[str], changed: list[str]
-    ) -> dict[str, Any]:
-        self.last_reload = {
-            "ok": True,
-            "added": added,
-            "removed": removed,
-            "changed": changed,
-            "workflows": len(new.workflows),
-            "at": self.clock(),
-        }
-        log.info("reloaded", added=added, removed=removed, changed=changed, workflows=len(new.workflows))
+        self.last_reload = reload_report(new, added, removed, changed, self.clock())
         return self.last_reload
 
     # ---- the process: signals, until SIGTERM/SIGINT
@@ -430,7 +388,7 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
-        loop.set_exception_handler(self._loop_exception)
+        loop.set_exception_handler(self._accept_episodes.handle)
         try:
             await self.start()
             await self.stopping.wait()
@@ -440,40 +398,3 @@ class Runtime:
                 loop.remove_signal_handler(sig)
             self.notifier.close()
         return 0
-
-    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """asyncio retries a listening socket's accept() every second while descriptors run out
-        (EMFILE); one line per episode instead of one per retry, and one when it clears."""
-        if context.get("message") == "socket.accept() out of system resource":
-            if not self._accept_failing:
-                self._accept_failing = True
-                exc = context.get("exception")
-                log.error("api_accept_failing", error=repr(exc), detail="out of file descriptors")
-                loop.call_later(ACCEPT_EPISODE_SECONDS, self._accept_episode_over)
-            return
-        loop.default_exception_handler(context)
-
-    def _accept_episode_over(self) -> None:
-        self._accept_failing = False
-
-
-def machine_changes(
-    old: Sequence[MachineConfig], new: Sequence[MachineConfig]
-) -> tuple[list[str], list[str], list[str]]:
-    """Machine ids (removed, added, changed) from one configuration to the next."""
-    before = {m.id: m for m in old}
-    after = {m.id: m for m in new}
-    removed = [mid for mid in before if mid not in after]
-    added = [mid for mid in after if mid not in before]
-    changed = [mid for mid in after if mid in before and after[mid] != before[mid]]
-    return removed, added, changed
-
-
-def endpoints_of(config: Config) -> Mapping[str, Destination]:
-    """Endpoint key → its settings, for the dispatcher: ``<workflow>#<action index>`` of every
-    workflow action (webhook or mqtt) and the namespace's ``#uns/state`` and ``#uns/events``."""
-    from agent.mqtt.uns import endpoints as uns_endpoints
-
-    found = {ep.key: ep for wf in config.workflows for ep in wf.endpoints}
-    found.update((ep.key, ep) for ep in uns_endpoints(config.agent.publish, config.agent.mqtt))
-    return found

@@ -132,3 +132,70 @@ def test_an_unreadable_machine_has_one_series_with_its_reason_and_none_once_read
     assert not any(dict(labels).get("status") == "None" for _, labels in samples(m))
     m.set_unreadable("mill-01", None, "status.otherwise", None)
     assert not any(k[0] == "edge_agent_machine_unreadable_since_seconds" for k in samples(m))
+
+
+def test_poll_errors_count_failed_and_overran_cycles_and_missed_ticks_are_their_own_series() -> None:
+    m = Metrics()
+    m.observe_poll("mill-01", 0.01, error="failed", errors=3, overran=2, missed=5, lags=[0.002, 0.03])
+    m.observe_poll("mill-01", 0.01, error="failed", errors=0, overran=1, missed=1, lags=[0.004])
+    got = samples(m)
+    assert got[("edge_agent_poll_errors_total", (("kind", "failed"), ("machine", "mill-01")))] == 3
+    assert got[("edge_agent_poll_errors_total", (("kind", "overran"), ("machine", "mill-01")))] == 3
+    assert got[("edge_agent_poll_missed_cycles_total", (("machine", "mill-01"),))] == 6
+    assert got[("edge_agent_poll_lag_seconds_count", ())] == 3
+    assert got[("edge_agent_poll_lag_seconds_bucket", (("le", "0.005"),))] == 2
+    m.forget_machine("mill-01")
+    assert "mill-01" not in m.render().decode()
+
+
+def test_an_unchanged_unreadable_machine_keeps_one_series_and_a_new_since_replaces_its_value() -> None:
+    m = Metrics()
+    m.set_unreadable("mill-01", "BAD", "device failure", 1000.0)
+    m.set_unreadable("mill-01", "BAD", "device failure", 1000.0)
+    m.set_unreadable("mill-01", "BAD", "device failure", 1500.0)
+    got = samples(m)
+    series = [k for k in got if k[0] == "edge_agent_machine_unreadable_since_seconds"]
+    assert len(series) == 1 and got[series[0]] == 1500.0
+    m.set_unreadable("mill-01", None, None, None)
+    assert not [k for k in samples(m) if k[0] == "edge_agent_machine_unreadable_since_seconds"]
+
+
+def test_the_sliced_text_says_what_prometheus_clients_own_rendering_says() -> None:
+    """generate_latest is the reference; ours leaves out only the optional _created series."""
+    from prometheus_client import generate_latest
+
+    m = Metrics()
+    m.set_machine_statuses({"ACTIVE": 2})
+    m.set_unreadable('mill "01"\\x', "BAD", "line one\nline two", 1000.0)
+    for name in ("mill-01", "lathe-02", "grinder-03"):
+        series = m.poll_series(name)
+        series.duration.observe(0.004)
+        series.duration.observe(1e6)
+        series.good.inc(20)
+        m.observe_cycles(name, errors=1, overran=2, missed=3, lags=[0.002, float("inf")])
+    m.count_event("alarm_triggered")
+    m.count_workflow("Status feed", "queued")
+    m.set_outbox(pending=7, in_flight=2, dead=1, oldest_pending_age=12.5)
+    m.observe_delivery("Status feed#0", "delivered", 0.12)
+    m.loop_lag.observe(0.0005)
+
+    def parsed(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    ours = m.render().decode()
+    assert parsed(ours) == parsed(generate_latest(m.registry).decode())
+    assert len(parsed(ours)) > 100
+    assert "".join(m.render_slices()) == "".join(text_slices_of(m, 2))
+
+
+def text_slices_of(m: Metrics, per_slice: int) -> list[str]:
+    from agent.metrics_text import text_slices
+
+    parts = list(text_slices(m._families, per_slice))
+    assert len(parts) > 5  # really in slices
+    return parts

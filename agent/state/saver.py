@@ -11,6 +11,7 @@ from. Concurrent callers share one write (group commit, as in the outbox).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -22,12 +23,15 @@ from agent.state.journal import JOURNAL_KEY, Journal
 
 log = structlog.get_logger("agent.pipeline")
 
+# Machines snapshotted and encoded per loop turn during a save (~10 ms of loop time).
+SNAPSHOT_SLICE = 150
+
 
 class Store(Protocol):
     """What the pipeline uses of ``agent.state.store.StateStore``."""
 
     async def save_many(
-        self, snapshots: Mapping[str, Mapping[str, Any]], now: float | None = None
+        self, snapshots: Mapping[str, Mapping[str, Any] | str], now: float | None = None
     ) -> None: ...
     async def load_all(self) -> Mapping[str, Any]: ...
 
@@ -126,6 +130,25 @@ class StateSaver:
                 done, self._saving = self._saving, None
                 done.set()
 
+    async def _encode_live(self, machines: list[str], out: dict[str, Mapping[str, Any] | str]) -> set[str]:
+        """Snapshot and encode these machines into ``out``, yielding to the loop between slices:
+        at 2,000 machines doing it in one go blocked the loop for ~140 ms every 5 s. A machine whose
+        events became unplanned while we yielded is left dirty for a later save (its live state is
+        now ahead of the journal). Returns the machines taken."""
+        taken: set[str] = set()
+        for start in range(0, len(machines), SNAPSHOT_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            for mid in machines[start : start + SNAPSHOT_SLICE]:
+                if mid in self._unplanned:
+                    self._dirty.add(mid)
+                    continue
+                snap = self._snapshot(mid)
+                if snap is not None:
+                    out[mid] = json.dumps(snap, separators=(",", ":"))
+                taken.add(mid)
+        return taken
+
     async def _save_now(self, store: Store, now: float | None) -> None:
         if self._held():
             # The outbox refuses rows and they wait in memory: keep the stored state behind them (a
@@ -147,14 +170,15 @@ class StateSaver:
                 self._last_save = self._clock() if now is None else now
             return
         self._dirty -= dirty
+        snapshots: dict[str, Mapping[str, Any] | str] = dict(held)
+        taken = await self._encode_live(sorted(dirty), snapshots)
+        # The journal last: every event in a snapshot taken above was planned by then, so its rows
+        # are in this copy of the journal (crash consistency does not depend on the slicing).
+        journal = self._journal.dirty
         self._journal.dirty = False
-        snapshots: dict[str, Mapping[str, Any]] = dict(held)
-        for mid in sorted(dirty):
-            snap = self._snapshot(mid)
-            if snap is not None:
-                snapshots[mid] = snap
         if journal:
             snapshots[JOURNAL_KEY] = self._journal.snapshot()
+        dirty = taken
         try:
             await store.save_many(snapshots)
         except DeriveError as exc:

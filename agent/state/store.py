@@ -75,12 +75,18 @@ class StateStore:
     async def save(self, machine_id: str, snapshot: Mapping[str, Any], now: float | None = None) -> None:
         await self.save_many({machine_id: snapshot}, now)
 
-    async def save_many(self, snapshots: Mapping[str, Mapping[str, Any]], now: float | None = None) -> None:
-        """Replace the rows of these machines in one transaction; returns once it is durable."""
+    async def save_many(
+        self, snapshots: Mapping[str, Mapping[str, Any] | str], now: float | None = None
+    ) -> None:
+        """Replace the rows of these machines in one transaction; returns once it is durable. A
+        ``str`` value is a snapshot already encoded as JSON (the saver encodes in slices)."""
         if not snapshots:
             return
         saved_at = time.time() if now is None else now
-        rows = [(mid, json.dumps(snap, separators=(",", ":")), saved_at) for mid, snap in snapshots.items()]
+        rows = [
+            (mid, snap if isinstance(snap, str) else json.dumps(snap, separators=(",", ":")), saved_at)
+            for mid, snap in snapshots.items()
+        ]
         try:
             await self._db.executemany(
                 "INSERT INTO machine_state (machine_id, snapshot, saved_at) VALUES (?, ?, ?) "

@@ -1,1 +1,1 @@
-"""Modbus TCP driver (pymodbus client). Import it only when a machine uses Modbus: pymodbus is heavy."""
+"""Modbus TCP driver (its own lean client, drivers/modbus/wire.py). Import it only when a machine uses Modbus."""

@@ -1,14 +1,12 @@
 """One Modbus TCP connection per host:port, shared by every unit id behind it.
 
 PLCs and gateways accept only a few connections, and Modbus TCP devices answer one request at a
-time, so a ``Link`` owns a single pymodbus client and lets one request out at a time (an
-``asyncio.Lock``). Every request has its own deadline; a reply with an exception code or with the
+time, so a ``Link`` owns a single client (``wire.ModbusTcpClient``) and lets one request out at a
+time (an ``asyncio.Lock``). Every request has its own deadline; a reply with an exception code or with the
 wrong number of registers/bits becomes ``BadReply`` with a reason a plant engineer can act on.
 
-Reconnecting is ours, not pymodbus': its client never retries a failed *first* connect, and
-``reconnect_delay=0`` (the only way to switch its retry off) has busy-looped. So when the transport
-drops we close the client (which cancels its background retry) and the next ``connect()`` retries
-on our capped exponential backoff, which also covers the very first connect.
+Reconnecting is ours: when the transport drops, the next ``connect()`` opens a new one on our
+capped exponential backoff, which also covers the very first connect.
 """
 
 from __future__ import annotations
@@ -20,19 +18,16 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
 
 from drivers.backoff import backoff_delay
 from drivers.base import ConnectionState
+from drivers.modbus.wire import FUNCTION, ModbusTcpClient, WireError
 
 log = structlog.get_logger(__name__)
 
 # After this many unanswered requests in a row the connection is presumed dead (a half-open socket,
 # or transaction ids out of step) and is replaced; a reply from any unit resets the count.
 MAX_SILENT_REQUESTS = 3
-# pymodbus' own deadline only backs ours up: ours is per request, its is per client.
-_BACKSTOP_TIMEOUT = 600.0
 
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -45,13 +40,6 @@ EXCEPTION_NAMES = {
     8: "memory parity error",
     10: "gateway path unavailable",
     11: "gateway target failed to respond",
-}
-
-_READ = {
-    "holding": "read_holding_registers",
-    "input": "read_input_registers",
-    "coil": "read_coils",
-    "discrete": "read_discrete_inputs",
 }
 
 
@@ -100,7 +88,7 @@ class Link:
         self.backoff_cap = backoff_cap
         self._clock = clock
         self._jitter = jitter
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusTcpClient | None = None
         self._lock = asyncio.Lock()
         self._state = ConnectionState.DISCONNECTED
         self._failures = 0
@@ -135,27 +123,19 @@ class Link:
                     f"{self.reason}; next attempt in {self._next_attempt - now:.1f} s", self.reason
                 )
             self._state = ConnectionState.CONNECTING
-            client = self._client or AsyncModbusTcpClient(
-                self.host,
-                port=self.port,
-                timeout=_BACKSTOP_TIMEOUT,
-                retries=0,
-                reconnect_delay=self.backoff_base,
-                reconnect_delay_max=self.backoff_cap,
-                trace_connect=self._on_transport,
-            )
-            self._client = client
+            if self._client is not None:
+                self._client.close()
+            client = self._client = ModbusTcpClient(lambda: self._on_lost(client))
+            reason = ""
             try:
                 async with asyncio.timeout(self.timeout):
-                    ok = await client.connect()
-                reason = f"cannot connect to {self.name} (refused or unreachable)"
+                    await client.connect(self.host, self.port)
             except TimeoutError:
-                ok = False
                 reason = f"no TCP connection to {self.name} within {self.timeout:g} s"
-            except (OSError, ModbusException) as exc:
-                ok = False
-                reason = f"cannot connect to {self.name}: {exc}"
-            if not ok or not client.connected:
+            except OSError:
+                reason = f"cannot connect to {self.name} (refused or unreachable)"
+            if reason or not client.connected:
+                reason = reason or f"{self.name} closed the connection right after connecting"
                 client.close()
                 self._failed(reason)
                 raise LinkDown(reason)
@@ -188,13 +168,9 @@ class Link:
         self._outage("modbus_connect_failed", reason)
         self.reason = reason
 
-    def _on_transport(self, connected: bool) -> None:
-        if connected:
-            return
-        if self._connected():
+    def _on_lost(self, client: ModbusTcpClient) -> None:
+        if client is self._client and self._connected():
             self._drop(f"connection to {self.name} lost")
-        elif self._client is not None:
-            self._client.close()  # lost while still connecting: cancel pymodbus' own retry
 
     def _drop(self, reason: str) -> None:
         """Forget the connection; the next ``connect()`` makes a new one.
@@ -204,7 +180,6 @@ class Link:
         on the backoff rather than in a tight loop.
         """
         if self._client is not None:
-            # Also cancels pymodbus' own reconnect task: reconnecting is done by connect() alone.
             self._client.close()
         if self._answered:
             self._state = ConnectionState.DISCONNECTED
@@ -226,8 +201,7 @@ class Link:
             if self._state is not ConnectionState.CONNECTED or client is None:
                 raise LinkDown(self.reason or f"not connected to {self.name}")
             try:
-                async with asyncio.timeout(deadline):
-                    reply: Any = await getattr(client, _READ[table])(address, count=count, device_id=unit)
+                reply = await client.read(FUNCTION[table], address, count, unit, deadline)
             except TimeoutError:
                 self._silent += 1
                 if self._silent >= MAX_SILENT_REQUESTS:
@@ -235,9 +209,10 @@ class Link:
                 if self._state is not ConnectionState.CONNECTED:
                     raise LinkDown(self.reason) from None
                 raise NoAnswer(f"no answer within {deadline:g} s reading {what} (unit {unit})") from None
-            except ModbusException as exc:
-                self._drop(f"connection to {self.name} failed: {exc}")
-                raise LinkDown(self.reason) from None
+            except WireError as exc:
+                if client is self._client and self._connected():
+                    self._drop(f"connection to {self.name} failed: {exc}")
+                raise LinkDown(self.reason or f"connection to {self.name} failed: {exc}") from None
             self._silent = 0
             if not self._answered:
                 self._answered = True
@@ -245,16 +220,16 @@ class Link:
                 if self._down_logged or self.connects == 1:
                     self._down_logged = False
                     log.info("modbus_connected", link=self.name)
-        if reply.isError():
-            code = int(getattr(reply, "exception_code", 0))
+        if reply.exception_code is not None:
+            code = reply.exception_code
             name = EXCEPTION_NAMES.get(code, "unknown exception")
             raise BadReply(f"exception {code} ({name}) reading {what} (unit {unit})")
         if table in ("holding", "input"):
-            values: list[Any] = reply.registers
+            values: list[Any] = reply.values
             if len(values) != count:
                 raise BadReply(f"reply to {what} (unit {unit}) has {len(values)} registers, expected {count}")
             return values
-        bits: list[bool] = reply.bits
+        bits: list[Any] = reply.values
         # Bits travel in whole bytes: a correct reply carries count rounded up to a multiple of 8.
         if len(bits) != (count + 7) // 8 * 8:
             raise BadReply(

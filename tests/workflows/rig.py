@@ -188,6 +188,7 @@ async def make_rig(
     store: Any = None,
     outbox_clock: Callable[[], float] | None = None,
     machine_derivers: Mapping[str, MachineDeriver] | None = None,
+    on_firings: Callable[[Sequence[Firing]], None] | None = None,
 ) -> Rig:
     import time
 
@@ -204,6 +205,7 @@ async def make_rig(
         store,
         clock=clock,
         on_enqueued=dispatcher.wake if dispatcher is not None else None,
+        on_firings=on_firings,
     )
     await pipeline.start()
     return Rig(pipeline, outbox, dispatcher, clock)

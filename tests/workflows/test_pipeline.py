@@ -579,3 +579,27 @@ async def test_a_firing_stores_the_state_its_events_came_from_while_a_later_poll
     finally:
         await rig.close()
         await store.close()
+
+
+async def test_every_execution_is_reported_whether_readings_or_the_tick_fired_it(tmp_path: Path) -> None:
+    """What edge_agent_workflow_executions_total counts: a status change seen in a poll's readings
+    fires as surely as a timer in the tick, and both are reported."""
+    flows = workflows_from(
+        tmp_path,
+        {
+            "status": "name: Status feed\ntrigger: {type: machine_status_changed}\n"
+            + hook("http://127.0.0.1:9/s"),
+            "down": "name: Down\ntrigger: {type: downtime_started}\n" + hook("http://127.0.0.1:9/d"),
+        },
+    )
+    clock = past_clock()
+    reported: list[Firing] = []
+    rig = await make_rig(tmp_path, flows, clock, dispatch=False, on_firings=reported.extend)
+    try:
+        await run_until_down(clock, rig.pipeline)
+    finally:
+        await rig.close()
+    by_workflow = sorted({f.workflow for f in reported})
+    assert by_workflow == ["Down", "Status feed"], reported
+    from_readings = [f for f in reported if f.workflow == "Status feed"]
+    assert from_readings and all(f.durable for f in reported)

@@ -1,0 +1,252 @@
+"""The whole daemon against its peers, side by side, in one command:
+
+    .venv/bin/python bench/daemon.py                  # N = 500
+    .venv/bin/python bench/daemon.py --n 500 --n 2000 --seconds 60 --warmup 20
+
+For each N: an external simulator process serves N Modbus TCP machines (one port each, as in
+bench/poll.py); then, one after the other, (1) a bare pymodbus asyncio loop (one client per machine,
+one read of 20 holding registers a second, nothing else: the floor) and (2) ``edge-agent run`` reading the same
+20 registers in one request, two status rules per machine, one ``machine_status_changed`` webhook
+workflow and the API on,
+are measured: CPU % of one core (utime+stime of the process over the window after warm-up), RSS,
+spawn → READY=1 (sd_notify), missed cycles, poll lag p99 and the worst event-loop lag (from the
+agent's own /metrics), and how long a /metrics scrape takes. Node-RED is not run here (see the
+README's performance section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.e2e import Agent, free_port  # noqa: E402
+
+HOST = "127.0.0.1"
+REGISTERS = 20
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- the bare loop: what polling alone costs with pymodbus and nothing else
+
+
+async def bare(ports: list[int]) -> None:
+    from pymodbus.client import AsyncModbusTcpClient
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+    async def one(port: int, phase: float) -> None:
+        client = AsyncModbusTcpClient(HOST, port=port, timeout=2)
+        await client.connect()
+        loop = asyncio.get_running_loop()
+        at = loop.time() + phase
+        while True:
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            await client.read_holding_registers(0, count=REGISTERS, device_id=1)
+            at += 1.0
+
+    await asyncio.gather(*(one(p, i / len(ports)) for i, p in enumerate(ports)))
+
+
+# -- the daemon
+
+
+def write_config(root: Path, ports: list[int], receiver_url: str) -> tuple[Path, str]:
+    cfg = root / "config"
+    for sub in ("machines", "workflows", "secrets"):
+        (cfg / sub).mkdir(parents=True, exist_ok=True)
+    (cfg / "secrets" / "api-token").write_text("bench-token-" + "x" * 32 + "\n")
+    (cfg / "secrets" / "webhook.secret").write_text("whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "\n")
+    api_port = free_port()
+    (cfg / "agent.yaml").write_text(
+        f"agent: {{name: bench, state_dir: {root / 'state'}}}\n"
+        "log: {level: warning, format: json}\n"
+        f"api: {{bind: {HOST}:{api_port}, token_file: secrets/api-token}}\n"
+    )
+    # The issue's setup: one read of 20 holding registers a second (as the bare loop does), two
+    # status rules; the simulator's execution and mode registers change now and then.
+    tags = "".join(f"  r{a}: {{table: holding, address: {a}}}\n" for a in range(2, REGISTERS))
+    for i, port in enumerate(ports):
+        mid = f"m{i:04d}"
+        (cfg / "machines" / f"{mid}.yaml").write_text(
+            f"id: {mid}\nname: Bench {mid}\ngroup: Bench\n"
+            f"modbus: {{host: {HOST}, port: {port}, unit: 1, timeout: 2s}}\npoll_interval: 1s\n"
+            "tags:\n  execution: {table: holding, address: 0}\n  mode: {table: holding, address: 1}\n"
+            + tags
+            + "status:\n  min_state: 0s\n  rules:\n"
+            "    - {when: {execution: 1}, state: ACTIVE}\n    - {when: {mode: 2}, state: SETUP}\n"
+            "  otherwise: IDLE\n"
+        )
+    (cfg / "workflows" / "status.yaml").write_text(
+        "name: Status feed\ntrigger: {type: machine_status_changed}\nactions:\n"
+        f'  - webhook: {{url: "{receiver_url}", secret_file: {cfg / "secrets" / "webhook.secret"}}}\n'
+    )
+    return cfg / "agent.yaml", f"http://{HOST}:{api_port}"
+
+
+def metric_values(text: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + "".join(f"|{k}={v}" for k, v in sorted(s.labels.items()) if k != "machine")
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def quantile_from_buckets(values: dict[str, float], name: str, q: float) -> float:
+    buckets = sorted(
+        (float(k.split("le=")[1]), v) for k, v in values.items() if k.startswith(name + "_bucket|le=")
+    )
+    total = buckets[-1][1] if buckets else 0.0
+    for le, count in buckets:
+        if count >= q * total:
+            return le
+    return float("nan")
+
+
+async def scrape(api: str) -> tuple[dict[str, float], float]:
+    import aiohttp
+
+    headers = {"Authorization": "Bearer bench-token-" + "x" * 32}
+    async with aiohttp.ClientSession(headers=headers) as s:
+        t0 = time.monotonic()
+        async with s.get(api + "/metrics") as r:
+            text = await r.text()
+        return metric_values(text), time.monotonic() - t0
+
+
+async def daemon(ports: list[int], seconds: float, warmup: float) -> dict[str, float]:
+    from aiohttp import web
+
+    got = 0
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal got
+        got += 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, HOST, port).start()
+    root = Path(tempfile.mkdtemp(prefix="ea-daemon-"))
+    config, api = write_config(root, ports, f"http://{HOST}:{port}/hook")
+    agent = await Agent.spawn(root, config)
+    try:
+        ready = await agent.ready(within=120) - agent.spawned_at
+        await asyncio.sleep(warmup)
+        before, _ = await scrape(api)
+        c0, t0 = cpu_seconds(agent.proc.pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        c1, t1 = cpu_seconds(agent.proc.pid), time.monotonic()
+        after, scrape_s = await scrape(api)
+        lag = {k: after.get(k, 0) - before.get(k, 0) for k in after if k.startswith("edge_agent_poll_lag")}
+        loop_lag = {
+            k: after.get(k, 0) - before.get(k, 0) for k in after if k.startswith("edge_agent_event_loop_lag")
+        }
+        return {
+            "cpu": 100 * (c1 - c0) / (t1 - t0),
+            "rss": rss_mb(agent.proc.pid),
+            "ready": ready,
+            "missed": after.get("edge_agent_poll_missed_cycles_total", 0)
+            - before.get("edge_agent_poll_missed_cycles_total", 0),
+            "lag_p99": quantile_from_buckets(lag, "edge_agent_poll_lag_seconds", 0.99),
+            "loop_lag_max": quantile_from_buckets(loop_lag, "edge_agent_event_loop_lag_seconds", 1.0),
+            "scrape": scrape_s,
+            "webhooks": got,
+        }
+    finally:
+        await agent.stop()
+        await runner.cleanup()
+
+
+def measure_process(cmd: list[str], seconds: float, warmup: float) -> dict[str, float]:
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        time.sleep(warmup)
+        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        return {"cpu": 100 * (c1 - c0) / (t1 - t0), "rss": rss_mb(proc.pid)}
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def run(n: int, seconds: float, warmup: float) -> dict[str, dict[str, float]]:
+    me = [sys.executable, str(ROOT / "bench" / "poll.py")]
+    sim = subprocess.Popen(
+        [*me, "--serve", str(n), "--per-port", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert sim.stdout is not None
+        ports = json.loads(sim.stdout.readline())["ports"]
+        bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", json.dumps(ports)]
+        return {
+            "bare": measure_process(bare_cmd, seconds, warmup),
+            "daemon": asyncio.run(daemon(ports, seconds, warmup)),
+        }
+    finally:
+        assert sim.stdin is not None
+        sim.stdin.close()
+        sim.wait(timeout=60)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, action="append", help="machines (repeatable); default 500")
+    ap.add_argument("--seconds", type=float, default=60.0, help="measured window (default 60)")
+    ap.add_argument("--warmup", type=float, default=20.0, help="seconds before the window (default 20)")
+    ap.add_argument("--bare", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.bare:
+        asyncio.run(bare(json.loads(args.bare)))
+        return 0
+    print(
+        f"{'N':>5} | {'bare pymodbus loop':>18} | {'edge-agent run':>15} | {'ratio':>5} | {'READY':>6} | "
+        f"{'missed':>6} | {'lag p99':>8} | {'loop lag max':>12} | {'/metrics':>8}"
+    )
+    for n in args.n or [500]:
+        r = run(n, args.seconds, args.warmup)
+        b, d = r["bare"], r["daemon"]
+        print(
+            f"{n:>5} | {b['cpu']:>5.1f} % {b['rss']:>6.0f} MB | {d['cpu']:>5.1f} % {d['rss']:>4.0f} MB | "
+            f"{d['cpu'] / b['cpu']:>5.2f} | {d['ready']:>5.2f}s | {int(d['missed']):>6} | "
+            f"≤{1000 * d['lag_p99']:>5.0f}ms | ≤{1000 * d['loop_lag_max']:>9.0f}ms | {1000 * d['scrape']:>6.0f}ms",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Watching the event loop: a callback that blocks it shows up as lag, and a garbage collection is
+reported with its generation and duration."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+from agent.loop_watch import GcPauses, LoopLag
+
+
+async def test_a_callback_that_blocks_the_loop_is_measured_as_lag() -> None:
+    seen: list[float] = []
+    lag = LoopLag(seen.append, interval=0.01)
+    task = asyncio.create_task(lag.run())
+    await asyncio.sleep(0.05)
+    time.sleep(0.2)  # noqa: ASYNC251 - the blocking call a bug would make on the loop
+    await asyncio.sleep(0.05)
+    task.cancel()
+    assert seen and max(seen) >= 0.2 - 0.01  # the sleep the sampler asked for is not lag
+    assert lag.worst == max(seen)
+
+
+def test_a_full_collection_is_reported_with_its_generation() -> None:
+    seen: list[tuple[int, float]] = []
+    pauses = GcPauses(lambda generation, seconds: seen.append((generation, seconds)))
+    pauses.install()
+    try:
+        gc.collect()
+    finally:
+        pauses.remove()
+        gc.unfreeze()
+    assert any(g == 2 for g, _ in seen) and pauses.worst > 0
+    gc.collect()
+    assert len([g for g, _ in seen if g == 2]) == 1, "removed: no more reports"
