@@ -11,6 +11,7 @@ import asyncio
 import math
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from agent import logs
@@ -30,23 +31,35 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(handler=run)
 
 
-def shown(value: object) -> object:
+def shown(value: object, precision: int | None = None) -> object:
     """A float as a person writes it: scaling 254 by 0.1 gives 25.400000000000002, shown as 25.4.
 
-    12 significant digits keep every digit a 32- or 64-bit register can carry in practice while
+    With the tag's ``precision`` it has exactly that many decimals (``25.40``); without, 12
+    significant digits keep every digit a 32- or 64-bit register can carry in practice while
     dropping the binary-fraction noise of the scale arithmetic.
     """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if precision is not None and math.isfinite(value):
+        return f"{value:.{precision}f}"
     if isinstance(value, float) and math.isfinite(value):
         return float(f"{value:.12g}")
     return value
 
 
-def render(machine_id: str, readings: list[Reading]) -> str:
+def precisions(connection: Any) -> dict[str, int]:
+    """Tag name → its configured ``precision`` (tags without one are left out)."""
+    return {t.name: t.precision for t in getattr(connection, "tags", ()) if t.precision is not None}
+
+
+def render(machine_id: str, readings: list[Reading], precision: Mapping[str, int] | None = None) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(readings[0].timestamp)) if readings else "--:--:--"
     width = max((len(r.tag) for r in readings), default=4)
     lines = [f"{machine_id}  {stamp}"]
     for r in readings:
-        value = repr(r.value) if isinstance(r.value, str) else str(shown(r.value))
+        value = (
+            repr(r.value) if isinstance(r.value, str) else str(shown(r.value, (precision or {}).get(r.tag)))
+        )
         reason = f"  ({r.reason})" if r.reason else ""
         lines.append(f"  {r.tag:<{width}}  {value:<24} {r.quality.value}{reason}")
     return "\n".join(lines)
@@ -80,7 +93,7 @@ async def _read(machine: Any, args: argparse.Namespace) -> int:
         while True:
             started = time.monotonic()
             readings = await driver.read()
-            print(render(machine.id, readings), flush=True)
+            print(render(machine.id, readings, precisions(machine.connection)), flush=True)
             n += 1
             if not args.watch or (args.count and n >= args.count):
                 bad = [r for r in readings if r.quality.value != "good"]

@@ -38,6 +38,7 @@ class ModbusTag:
     scale: float | None = None
     offset: float | None = None
     map: tuple[tuple[Any, str], ...] = ()
+    precision: int | None = None  # decimals a person is shown (`read`); the value itself is not rounded
 
     @property
     def size(self) -> int:
@@ -127,6 +128,9 @@ def _parse_tag(name: str, t: Section, default_unit: int) -> ModbusTag | None:
     for key in ("scale", "offset"):
         if t.has(key) and not numeric:
             t.error(key, f"only numeric types can be scaled, not {type_}")
+    precision = t.opt("precision", in_range(as_int, 0, 12))
+    if t.has("precision") and not numeric:
+        t.error("precision", f"only numeric types have decimals, not {type_}")
     unit = t.get("unit", in_range(as_int, 0, 255), default_unit)
     mapping = _parse_map(t, type_) if t.raw("map") is not None else ()
     t.done()
@@ -148,6 +152,7 @@ def _parse_tag(name: str, t: Section, default_unit: int) -> ModbusTag | None:
         scale=scale,
         offset=offset,
         map=mapping,
+        precision=precision,
     )
 
 

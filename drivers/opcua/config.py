@@ -99,6 +99,7 @@ class OpcuaTag:
     scale: float | None = None
     offset: float | None = None
     deadband: float | None = None  # absolute; subscriptions only
+    precision: int | None = None  # decimals a person is shown (`read`); the value itself is not rounded
 
     def convert(self, raw: Any) -> Any:
         """Raw device value → configured value: scale/offset on numbers, then ``map`` (pure)."""
@@ -294,11 +295,12 @@ def parse(machine_id: str, conn: Section, tags: Section, poll_interval: float) -
         scale = tag.opt("scale", as_float)
         offset = tag.opt("offset", as_float)
         deadband = tag.opt("deadband", in_range(as_float, 0.0))
+        precision = tag.opt("precision", in_range(as_int, 0, 12))
         if deadband is not None and mode != "subscribe":
             tag.error("deadband", "only applies with mode: subscribe")
         tag.done()
         if node is not None:
-            parsed.append(OpcuaTag(name, node, value_map, scale, offset, deadband))
+            parsed.append(OpcuaTag(name, node, value_map, scale, offset, deadband, precision))
     tags.done()
     if not tags.keys() and alarms is None and tags.ok:
         tags.error_here("no tags configured (and no alarms: section)")

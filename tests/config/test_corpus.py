@@ -36,7 +36,7 @@ CATEGORIES = "Maintenance Required, Waiting for Material, Setup, Tooling, No Ope
 EXPECTED: dict[str, list[str]] = {
     "machines/unknown-key.yaml": [
         "config/machines/unknown-key.yaml:8: tags.spindle_rpm.scael: unknown key; known keys here: "
-        "address, bit, byte_order, length, map, offset, scale, table, type, unit"
+        "address, bit, byte_order, length, map, offset, precision, scale, table, type, unit"
     ],
     "machines/wrong-type.yaml": [
         "config/machines/wrong-type.yaml:8: tags.spindle_rpm.type: unknown value 'float'; expected one of "
