@@ -67,5 +67,8 @@ async def test_a_flood_of_junk_is_never_buffered_or_decoded() -> None:
     await device.wait()
     assert reading.quality is not Quality.GOOD and reading.value is None
     assert "protocol violation" in (reading.reason or ""), reading.reason
-    assert sent >= BOUND, "more junk must have reached the client than it may keep"
-    assert peak < BOUND, f"{peak} bytes allocated while {sent} bytes of junk arrived"
+    # The client hung up instead of reading the flood: the device could not push it all (the kernel's
+    # socket buffers hold a few MiB at most), and how much it did push is the race between its
+    # sendall and our close; what the agent allocated meanwhile is bounded either way.
+    assert sent < FLOOD, "the client kept reading a stream no Modbus device may send"
+    assert peak < BOUND, f"{peak} bytes allocated while {sent} bytes of junk were sent"
