@@ -7,13 +7,14 @@ Every log line is a structlog event whose name is the first argument of a ``log.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.commands import generated_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "logs.md"
@@ -118,28 +119,17 @@ def render(head: str, events: dict[str, Event]) -> str:
 
 
 def hand_written(text: str) -> str:
-    if MARKER not in text:
-        raise SystemExit(
-            f"{DOC}: the marker line is missing; put it back after the hand-written part:\n{MARKER}"
-        )
-    return text[: text.index(MARKER) + len(MARKER)] + "\n"
+    return generated_doc.head(DOC, MARKER, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.commands.log_events", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/logs.md is stale, write nothing")
-    args = parser.parse_args(argv)
-    current = DOC.read_text(encoding="utf-8")
-    fresh = render(hand_written(current), scan())
-    if args.check:
-        if fresh != current:
-            print(f"{DOC} is stale: run `make docs` and commit it", file=sys.stderr)
-            return 1
-        return 0
-    if fresh != current:
-        DOC.write_text(fresh, encoding="utf-8")
-        print(f"wrote {DOC}")
-    return 0
+    return generated_doc.main(
+        DOC,
+        lambda text: render(hand_written(text), scan()),
+        "python -m agent.commands.log_events",
+        __doc__,
+        argv,
+    )
 
 
 if __name__ == "__main__":

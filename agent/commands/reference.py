@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from agent.commands import generated_doc
+
 MARKER = (
     "<!-- Generated below from the argparse definitions by `make docs`: edit the help= texts in "
     "agent/commands/*.py, not this file. -->"
@@ -59,28 +61,13 @@ def render(head: str) -> str:
 
 
 def hand_written(text: str) -> str:
-    if MARKER not in text:
-        raise SystemExit(
-            f"{DOC}: the marker line is missing; put it back after the hand-written part:\n{MARKER}"
-        )
-    return text[: text.index(MARKER) + len(MARKER)] + "\n"
+    return generated_doc.head(DOC, MARKER, text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.commands.reference", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/cli.md is stale, write nothing")
-    args = parser.parse_args(argv)
-    current = DOC.read_text(encoding="utf-8")
-    fresh = render(hand_written(current))
-    if args.check:
-        if fresh != current:
-            print(f"{DOC} is stale: run `make docs` and commit it", file=sys.stderr)
-            return 1
-        return 0
-    if fresh != current:
-        DOC.write_text(fresh, encoding="utf-8")
-        print(f"wrote {DOC}")
-    return 0
+    return generated_doc.main(
+        DOC, lambda text: render(hand_written(text)), "python -m agent.commands.reference", __doc__, argv
+    )
 
 
 if __name__ == "__main__":

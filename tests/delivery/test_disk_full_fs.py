@@ -5,8 +5,6 @@ writes again (checkpointing its WAL first) and puts the in-flight rows back with
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,24 +14,15 @@ import pytest
 from agent.delivery.outbox import Outbox, OutboxUnavailable
 from agent.delivery.outbox.writer import RESERVE_SUFFIX
 from agent.delivery.settings import OutboxConfig
-from tests.drills import set_page_limit
+from tests.drills import set_page_limit, small_tmpfs
 
 from .conftest import delivery
 
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "fs", "4m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(folder: Path) -> Path:

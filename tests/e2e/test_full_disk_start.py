@@ -3,8 +3,6 @@ manual triggers it cannot store, and takes them again once space returns."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.delivery.test_disk_full_fs import fill
+from tests.drills import small_tmpfs
 from tests.e2e.conftest import TOKEN, FakeClock, modbus_machine, start_agent
 
 MANUAL = "name: QA\ntrigger: {type: manual}\nactions:\n  - webhook: {url: 'http://127.0.0.1:9/qa', secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}\n"
@@ -20,17 +19,8 @@ MANUAL = "name: QA\ntrigger: {type: manual}\nactions:\n  - webhook: {url: 'http:
 
 @pytest.fixture
 def state_on_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "state"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "state", "6m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 async def test_restart_on_a_full_disk_starts_degraded_and_recovers(
