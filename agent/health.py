@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.derive.spec import UNREADABLE
+
 # A pending delivery older than this means the outbox is not draining.
 NOT_DRAINING_AGE = 600.0
 
@@ -52,6 +54,8 @@ def judge(f: Facts) -> Health:
         reasons.append(f"outbox not draining: oldest pending delivery is {c.oldest_pending_age:.0f}s old")
     if f.statuses and all(s == "DISCONNECTED" for s in f.statuses):
         reasons.append("every machine is disconnected")
+    elif f.statuses and all(s in UNREADABLE for s in f.statuses):
+        reasons.append("no machine can be read: each is disconnected or answers only with errors")
     return Health(ok=not reasons, reasons=reasons, detail=detail)
 
 

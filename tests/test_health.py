@@ -50,3 +50,10 @@ def test_status_line_counts_machines_per_status_and_the_outbox() -> None:
         "ACTIVE=2 IDLE=1; outbox pending=4 dead=1"
     )
     assert status_line([], None) == "no machines; outbox ?"
+
+
+def test_machines_that_all_answer_only_with_errors_make_the_agent_unready_too() -> None:
+    health = judge(Facts(statuses=["BAD", "DISCONNECTED"]))
+    assert not health.ok
+    assert health.reasons == ["no machine can be read: each is disconnected or answers only with errors"]
+    assert judge(Facts(statuses=["BAD", "ACTIVE"])).ok

@@ -270,6 +270,7 @@ def _banner(root: Path, ports: dict[str, int], cfg: Path, seconds: float) -> str
         f"edge-agent demo — everything on 127.0.0.1, files in {root}\n"
         f"  simulators  Modbus :{ports['modbus']}  OPC-UA :{ports['opcua']}  (log: simulator.log)\n"
         f"  agent       API :{ports['api']}  (log: agent.log, JSON lines)\n"
+        f"  panel       http://127.0.0.1:{ports['api']}/panel/  (log in with the token in {root / 'config' / 'secrets' / 'api-token'})\n"
         f"  receiver    :{ports['receiver']}  verifying Standard Webhooks signatures\n"
         f"  try:        EDGE_AGENT_CONFIG={cfg} {edge_agent_command()} status\n"
         "Signed deliveries appear below as the machines change"
