@@ -16,24 +16,13 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from agent.config.interpolate import port_variable
+from agent.config.interpolate import port_number, port_variable
 from agent.config.source import ConfigError
 from agent.logs import LEVELS, configure
 from simulators.fleet import MAX_MODBUS_UNITS, Fleet, FleetConfig
 from simulators.scenario import builtin_scenarios, load_scenario
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-def port_number(text: str) -> int:
-    """A TCP port, 0 meaning "any free one" (the kernel picks)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0..65535)")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.commands.errors import port_number
-from agent.config.interpolate import port_variable
+from agent.config.interpolate import port_number, port_variable
 
 # A person reads these: the agent's webhooks are a few KB, and a hostile sender must not make the
 # inspector hold gigabytes (the old caps, 1,000 bodies of 16 MiB, allowed 16 GB).

@@ -8,6 +8,7 @@ already know; ``$${`` is a literal ``${``. Pure: the environment is passed in.
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Mapping
 
@@ -61,3 +62,14 @@ def port_variable(name: str, env: Mapping[str, str]) -> int:
     if not raw.isdigit() or not 0 <= int(raw) <= 65535:
         raise ValueError(f"environment variable {name}={raw!r} is not a port number (0..65535)")
     return int(raw)
+
+
+def port_number(text: str) -> int:
+    """A port given on a command line (argparse type), 0 meaning "any free one" (the kernel picks)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0..65535)")
+    return value
