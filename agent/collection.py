@@ -14,14 +14,17 @@ from agent.supervisor import Supervisor
 from drivers.base import Driver, Quality, Sample
 
 
-def build_driver(machine: MachineConfig) -> Driver:
-    """The protocol library is imported only when a machine uses it (each costs tens of MB)."""
+def build_driver(machine: MachineConfig, modbus_links: Any = None) -> Driver:
+    """The protocol library is imported only when a machine uses it (each costs tens of MB).
+
+    ``modbus_links``: the ``LinkPool`` through which Modbus machines behind one host:port share one
+    connection (a fresh one when not given)."""
     if machine.protocol == "modbus":
         from drivers.modbus.config import ModbusMachineConfig
         from drivers.modbus.driver import ModbusDriver
 
         assert isinstance(machine.connection, ModbusMachineConfig)
-        return ModbusDriver(machine.connection)
+        return ModbusDriver(machine.connection, links=modbus_links)
     from drivers.opcua.config import OpcuaMachineConfig
     from drivers.opcua.driver import OpcuaDriver
 
@@ -55,6 +58,9 @@ class Collection:
         self._metrics = metrics
         self._on_samples = on_samples
         self.runs: dict[str, MachineRun] = {}
+        # This agent's Modbus connections, one per host:port. Owned here, not module-wide: two
+        # runtimes in one process (tests, an embedding program) must not share a socket or its state.
+        self._modbus_links: Any = None
 
     def __contains__(self, machine_id: object) -> bool:
         return machine_id in self.runs
@@ -62,8 +68,12 @@ class Collection:
     def start(self, machine: MachineConfig) -> None:
         from agent.collector import Collector
 
+        if machine.protocol == "modbus" and self._modbus_links is None:
+            from drivers.modbus.link import LinkPool
+
+            self._modbus_links = LinkPool()
         collector = Collector(
-            build_driver(machine),
+            build_driver(machine, self._modbus_links),
             poll_interval=machine.poll_interval,
             sink=self._sink(machine.id),
             subscribe=machine.subscribes,

@@ -73,6 +73,7 @@ async def collect(ports: list[int], n: int, per_port: int, seconds: float, warmu
     from drivers.base import Quality, Reading, Sample
     from drivers.modbus.config import ModbusMachineConfig, ModbusTag
     from drivers.modbus.driver import ModbusDriver
+    from drivers.modbus.link import LinkPool
 
     counts = {"readings": 0, "bad": 0}
 
@@ -84,11 +85,12 @@ async def collect(ports: list[int], n: int, per_port: int, seconds: float, warmu
                 counts["bad"] += 1
 
     collectors = []
+    links = LinkPool()  # units behind one port share its connection, as in the agent
     for i in range(n):
         unit = i % per_port + 1
         tags = tuple(ModbusTag(f"r{a}", "holding", a, "uint16", unit) for a in range(REGISTERS))
         config = ModbusMachineConfig(f"m{i}", HOST, ports[i // per_port], unit, 1.0, 0.0, 1.0, tags)
-        collectors.append(Collector(ModbusDriver(config), poll_interval=1.0, sink=sink))
+        collectors.append(Collector(ModbusDriver(config, links=links), poll_interval=1.0, sink=sink))
     tasks = [asyncio.create_task(c.run()) for c in collectors]
     await asyncio.sleep(warmup)
 

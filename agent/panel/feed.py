@@ -59,7 +59,8 @@ class LiveFeed:
         self._tags: dict[str, dict[str, Reading]] = {}
         self._history: dict[str, MachineHistory] = {}
         self._subscribers: set[Subscriber] = set()
-        self.published = 0  # tile changes sent out (bench/panel.py reads it)
+        self.published = 0  # tile changes sent out (bench/panel.py reads it); pages carry it as ``since``
+        self._version: dict[str, int] = {}  # machine -> ``published`` when its tile last changed
         self.closed = False
 
     # -- fed by the runtime
@@ -93,6 +94,7 @@ class LiveFeed:
         self._remember(machine_id, last, tile, now)
         self._tiles[machine_id] = tile
         self.published += 1
+        self._version[machine_id] = self.published
         for sub in self._subscribers:
             sub.tiles[machine_id] = tile
             self._wake(sub)
@@ -104,6 +106,7 @@ class LiveFeed:
             if mid not in known:  # removed by a reload
                 del self._tiles[mid]
                 self._tags.pop(mid, None)
+                self._version.pop(mid, None)
         for mid in known:
             self.observe(mid)
 
@@ -133,8 +136,18 @@ class LiveFeed:
         for sub in self._subscribers:
             self._wake(sub)
 
-    def subscribe(self, sub: Subscriber) -> None:
+    def subscribe(self, sub: Subscriber, since: int = 0) -> None:
+        """``since``: the ``published`` count a page was rendered at. Tiles that changed after it (between
+        the render and the stream's start, or while a dropped stream reconnected) are queued at once:
+        otherwise a board shows the old state until that machine changes again, maybe for hours."""
         self._subscribers.add(sub)
+        if since > self.published:  # a page from before a restart: its count means nothing here
+            since = 0
+        for mid, version in self._version.items():
+            if version > since and (sub.machine is None or sub.machine == mid):
+                sub.tiles[mid] = self._tiles[mid]
+        if sub.tiles:
+            self._wake(sub)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         self._subscribers.discard(sub)

@@ -13,7 +13,7 @@ from typing import Any
 from drivers.base import ConnectionState, DriverError, Quality, Reading, Sink
 from drivers.modbus.codec import BIT_TABLES, Decoder, bit_decoder, raw_decoder, transformed
 from drivers.modbus.config import ModbusMachineConfig, ModbusTag
-from drivers.modbus.link import BadReply, Link, LinkDown, LinkPool, NoAnswer, shared_links
+from drivers.modbus.link import BadReply, Link, LinkDown, LinkPool, NoAnswer
 from drivers.modbus.plan import Request, plan
 
 _GOOD = Quality.GOOD
@@ -41,7 +41,8 @@ class ModbusDriver:
         self.config = config
         self.machine_id = config.machine_id
         self.tag_names = config.tag_names
-        self._pool = links if links is not None else shared_links
+        # Without a pool given, this machine has a connection of its own.
+        self._pool = links if links is not None else LinkPool()
         self._link: Link | None = None
         self._wall = wall
         self.requests: tuple[Request, ...] = plan(config.tags)

@@ -126,25 +126,16 @@ class Link:
             if self._client is not None:
                 self._client.close()
             client = self._client = ModbusTcpClient(lambda: self._on_lost(client))
-            reason = ""
             try:
-                async with asyncio.timeout(self.timeout):
-                    await client.connect(self.host, self.port)
-            except TimeoutError:
-                reason = f"no TCP connection to {self.name} within {self.timeout:g} s"
-            except OSError:
-                reason = f"cannot connect to {self.name} (refused or unreachable)"
-            if reason or not client.connected:
-                reason = reason or f"{self.name} closed the connection right after connecting"
-                client.close()
-                self._failed(reason)
-                raise LinkDown(reason)
-            if self.pause_after_connect:
-                # Some devices drop the first request sent right after the TCP handshake.
-                await asyncio.sleep(self.pause_after_connect)
-                if not client.connected:
-                    self._failed(f"{self.name} closed the connection right after connecting")
-                    raise LinkDown(self.reason)
+                await self._open(client)
+            except BaseException:
+                if self._state is ConnectionState.CONNECTING:
+                    # Cancelled mid-connect (the agent stopping one user of a shared link): a link
+                    # left CONNECTING would never be reconnected by the users still polling it.
+                    client.close()
+                    self._state = ConnectionState.DISCONNECTED
+                    self.reason = self.reason or f"connecting to {self.name} was interrupted"
+                raise
             self._state = ConnectionState.CONNECTED
             self._silent = 0
             self._answered = False
@@ -152,6 +143,27 @@ class Link:
             self.reason = ""
             # Not yet "up": a hung device accepts TCP and never answers. The first reply is the news.
             log.debug("modbus_tcp_connected", link=self.name)
+
+    async def _open(self, client: ModbusTcpClient) -> None:
+        reason = ""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await client.connect(self.host, self.port)
+        except TimeoutError:
+            reason = f"no TCP connection to {self.name} within {self.timeout:g} s"
+        except OSError:
+            reason = f"cannot connect to {self.name} (refused or unreachable)"
+        if reason or not client.connected:
+            reason = reason or f"{self.name} closed the connection right after connecting"
+            client.close()
+            self._failed(reason)
+            raise LinkDown(reason)
+        if self.pause_after_connect:
+            # Some devices drop the first request sent right after the TCP handshake.
+            await asyncio.sleep(self.pause_after_connect)
+            if not client.connected:
+                self._failed(f"{self.name} closed the connection right after connecting")
+                raise LinkDown(self.reason)
 
     def _outage(self, event: str, reason: str) -> None:
         """One log line per outage, whatever the retries in it say."""
@@ -282,6 +294,3 @@ class LinkPool:
 
     def __len__(self) -> int:
         return len(self._links)
-
-
-shared_links = LinkPool()

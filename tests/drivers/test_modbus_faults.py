@@ -218,3 +218,25 @@ async def test_a_device_that_hangs_up_at_once_is_retried_on_the_backoff_not_in_a
         await link.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_connect_cancelled_halfway_leaves_the_shared_link_ready_to_reconnect(
+    modbus_sim: ModbusSimulator,
+) -> None:
+    """One user of a shared link is stopped while it connects (its agent shuts down): the others still
+    poll through the link, so it must not stay CONNECTING, which no poller would ever reconnect."""
+    link = Link("127.0.0.1", modbus_sim.port, pause_after_connect=30.0)
+    try:
+        connecting = asyncio.ensure_future(link.connect())
+        await wait_until(lambda: link.state is ConnectionState.CONNECTING)
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+        assert link.state is ConnectionState.DISCONNECTED
+        with pytest.raises(LinkDown):  # the other users see a link that is down, not one "connecting"
+            await link.read(1, "holding", 0, 1)
+        link.pause_after_connect = 0.0
+        await link.connect()
+        assert len(await link.read(1, "holding", 0, 2)) == 2
+    finally:
+        await link.close()

@@ -95,19 +95,52 @@ async def test_the_board_follows_the_machine_without_a_reload(agent: PanelAgent,
     await expect(tile.locator(".downtime")).to_contain_text("not categorized", timeout=LIMIT_MS)
 
 
+async def test_a_change_between_the_pages_render_and_its_stream_still_reaches_the_board(
+    agent: PanelAgent, new_page, sim
+) -> None:
+    """The stream request is held until the machine has changed: the page was rendered before the
+    change and subscribed after it, the window a slow tablet or a dropped Wi-Fi reconnect opens."""
+    show(sim, 2, execution=Execution.READY)
+    await agent.wait_until(lambda: agent.deriver("lathe-02").status == "IDLE", "lathe-02 IDLE")
+    page = await new_page()
+    await login(page, agent.url, "viewer")
+    changed = asyncio.Event()
+
+    async def hold(route) -> None:  # type: ignore[no-untyped-def]
+        await changed.wait()
+        await route.continue_()
+
+    await page.route("**/panel/events*", hold)
+    await page.reload()
+    tile = page.locator("#tile-lathe-02")
+    await expect(tile.locator(".word")).to_have_text("IDLE")
+    try:
+        show(sim, 2, execution=Execution.ACTIVE)
+        await agent.wait_until(lambda: agent.deriver("lathe-02").status == "ACTIVE", "lathe-02 ACTIVE")
+        changed.set()
+        await expect(tile.locator(".word")).to_have_text("ACTIVE", timeout=LIMIT_MS)
+        resp = await page.request.get(agent.url + "/panel/events?since=yesterday")
+        assert resp.status == 400
+        assert "since must be a whole number" in await resp.text()
+    finally:
+        show(sim, 2, execution=Execution.READY)
+
+
 async def test_an_alarm_text_with_markup_stays_text(agent: PanelAgent, new_page, sim) -> None:
     page = await new_page()
     await login(page, agent.url, "operator")
     show(sim, 2, alarms={7777: Alarm(7777, "ignored: the machine file names the text", 500)})
-    tile = page.locator("#tile-lathe-02")
-    await expect(tile.locator(".alarm").first).to_contain_text(HOSTILE, timeout=LIMIT_MS)
-    assert await page.evaluate("window.__pwned === undefined")
-    assert await tile.locator("script, img").count() == 0
-    # A fresh page renders it on the server: inert there too.
-    await page.goto(agent.url + "/panel/machines/lathe-02")
-    await expect(page.get_by_text(HOSTILE).first).to_be_visible()
-    assert await page.evaluate("window.__pwned === undefined")
-    show(sim, 2, alarms={})
+    try:
+        tile = page.locator("#tile-lathe-02")
+        await expect(tile.locator(".alarm").first).to_contain_text(HOSTILE, timeout=LIMIT_MS)
+        assert await page.evaluate("window.__pwned === undefined")
+        assert await tile.locator("script, img").count() == 0
+        # A fresh page renders it on the server: inert there too.
+        await page.goto(agent.url + "/panel/machines/lathe-02")
+        await expect(page.get_by_text(HOSTILE).first).to_be_visible()
+        assert await page.evaluate("window.__pwned === undefined")
+    finally:
+        show(sim, 2, alarms={})  # the module's other tests share this machine
     await expect(page.locator("#tile-lathe-02 .alarm")).to_have_count(0, timeout=LIMIT_MS)
 
 

@@ -52,6 +52,23 @@ def test_a_tile_is_published_only_when_it_changes() -> None:
     assert sub.tiles[MACHINE.id]["status"] == "ACTIVE"
 
 
+def test_a_stream_opened_after_a_change_gets_the_tiles_changed_since_its_page_was_rendered() -> None:
+    plant = Plant()
+    feed = plant.feed()
+    feed.samples(MACHINE.id, plant.read(execution="READY", part_count=1))
+    rendered, shown = feed.published, feed.tile(MACHINE.id)  # the page carries the count as ``since``
+    feed.samples(MACHINE.id, plant.read(execution="READY", part_count=2))  # before the stream is up
+    late, current, unknown, other = Subscriber(), Subscriber(), Subscriber(), Subscriber(machine="lathe-02")
+    feed.subscribe(late, since=rendered)
+    feed.subscribe(current, since=feed.published)
+    feed.subscribe(unknown, since=feed.published + 99)  # a page from before an agent restart
+    feed.subscribe(other, since=0)
+    assert late.tiles == {MACHINE.id: feed.tile(MACHINE.id)} and late.tiles[MACHINE.id] != shown
+    assert current.tiles == {}, "nothing changed since that page was rendered"
+    assert unknown.tiles == {MACHINE.id: feed.tile(MACHINE.id)}
+    assert other.tiles == {}, "a machine page is sent only its own machine's tile"
+
+
 def test_a_slow_board_gets_the_newest_tile_not_a_backlog() -> None:
     plant = Plant()
     feed = plant.feed()

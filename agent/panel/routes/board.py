@@ -31,14 +31,19 @@ async def board(request: web.Request, session: Session) -> web.StreamResponse:
     for t in tiles:
         key = str(t.get("status") or "UNKNOWN")
         groups[key] = groups.get(key, 0) + 1
-    return render(request, "board.html", session, tiles=tiles, counts=groups)
+    return render(request, "board.html", session, tiles=tiles, counts=groups, since=ctx.feed.published)
 
 
 async def events(request: web.Request, session: Session) -> web.StreamResponse:
-    """Server-Sent Events: ``tile`` (a tile's new HTML), ``tags`` (the machine page's tag rows)."""
+    """Server-Sent Events: ``tile`` (a tile's new HTML), ``tags`` (the machine page's tag rows).
+
+    ``since`` is the feed's count the page was rendered at (0 or absent: every tile is sent first)."""
     ctx = request.app[CTX]
     env = request.app[JINJA]
     machine = request.query.get("machine") or None
+    since_text = request.query.get("since", "0")
+    if not since_text.isdigit() or len(since_text) > 18:
+        raise PanelError(400, "Bad request", "The query parameter since must be a whole number.")
     can_operate = permits(session.role, OPERATOR)
     if machine is not None and not can_operate:
         raise PanelError(403, "Not allowed", "Viewers see the board only.")
@@ -47,7 +52,7 @@ async def events(request: web.Request, session: Session) -> web.StreamResponse:
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     )
     await resp.prepare(request)
-    ctx.feed.subscribe(sub)
+    ctx.feed.subscribe(sub, int(since_text))
     try:
         await resp.write(_sse("hello", {"now": ctx.pipeline.now()}))
         while True:

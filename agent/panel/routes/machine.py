@@ -56,6 +56,7 @@ async def machine_page(request: web.Request, session: Session) -> web.StreamResp
         tags=ctx.feed.tags(mid),
         tl=_timeline(ctx, mid),
         categories=ctx.categories(),
+        since=ctx.feed.published,  # after the tile above: changes from here on reach the page's stream
     )
 
 
