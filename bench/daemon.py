@@ -10,8 +10,10 @@ one read of 20 holding registers a second, nothing else: the floor) and (2) ``ed
 workflow and the API on,
 are measured: CPU % of one core (utime+stime of the process over the window after warm-up), RSS,
 spawn → READY=1 (sd_notify), missed cycles, poll lag p99 and the worst event-loop lag (from the
-agent's own /metrics), and how long a /metrics scrape takes. Node-RED is not run here (see the
-README's performance section).
+agent's own /metrics), and how long a /metrics scrape takes; (3) Node-RED 4.1.8 with
+node-red-contrib-modbus, one read node per machine (bench/nodered.py installs it from npm on first
+use, outside the repository; ``--no-node-red`` skips it). For every peer alike, reads/s is what the
+simulator process served in the window: a peer that misses reads shows fewer than N a second.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import nodered  # noqa: E402
 from bench.e2e import Agent, free_port  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -139,7 +142,41 @@ async def scrape(api: str) -> tuple[dict[str, float], float]:
         return metric_values(text), time.monotonic() - t0
 
 
-async def daemon(ports: list[int], seconds: float, warmup: float) -> dict[str, float]:
+class Simulator:
+    """The external simulator process (bench/poll.py --serve) and its served-requests counter."""
+
+    def __init__(self, n: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "poll.py"), "--serve", str(n), "--per-port", "1"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.proc.stdout is not None
+        self.ports: list[int] = json.loads(self.proc.stdout.readline())["ports"]
+
+    def served(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return int(json.loads(self.proc.stdout.readline())["requests"])
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def window(pid: int, sim: Simulator, seconds: float) -> dict[str, float]:
+    """CPU % of one core of ``pid`` and the reads/s the simulator served, over ``seconds``."""
+    c0, r0, t0 = cpu_seconds(pid), sim.served(), time.monotonic()
+    time.sleep(seconds)
+    c1, r1, t1 = cpu_seconds(pid), sim.served(), time.monotonic()
+    return {"cpu": 100 * (c1 - c0) / (t1 - t0), "reads": (r1 - r0) / (t1 - t0), "rss": rss_mb(pid)}
+
+
+async def daemon(sim: Simulator, seconds: float, warmup: float) -> dict[str, float]:
     from aiohttp import web
 
     got = 0
@@ -156,23 +193,21 @@ async def daemon(ports: list[int], seconds: float, warmup: float) -> dict[str, f
     port = free_port()
     await web.TCPSite(runner, HOST, port).start()
     root = Path(tempfile.mkdtemp(prefix="ea-daemon-"))
-    config, api = write_config(root, ports, f"http://{HOST}:{port}/hook")
+    config, api = write_config(root, sim.ports, f"http://{HOST}:{port}/hook")
     agent = await Agent.spawn(root, config)
     try:
         ready = await agent.ready(within=120) - agent.spawned_at
         await asyncio.sleep(warmup)
         before, _ = await scrape(api)
-        c0, t0 = cpu_seconds(agent.proc.pid), time.monotonic()
-        await asyncio.sleep(seconds)
-        c1, t1 = cpu_seconds(agent.proc.pid), time.monotonic()
+        # The bench's own loop only answers the webhooks: blocking it for the window is harmless.
+        measured = window(agent.proc.pid, sim, seconds)
         after, scrape_s = await scrape(api)
         lag = {k: after.get(k, 0) - before.get(k, 0) for k in after if k.startswith("edge_agent_poll_lag")}
         loop_lag = {
             k: after.get(k, 0) - before.get(k, 0) for k in after if k.startswith("edge_agent_event_loop_lag")
         }
         return {
-            "cpu": 100 * (c1 - c0) / (t1 - t0),
-            "rss": rss_mb(agent.proc.pid),
+            **measured,
             "ready": ready,
             "missed": after.get("edge_agent_poll_missed_cycles_total", 0)
             - before.get("edge_agent_poll_missed_cycles_total", 0),
@@ -186,40 +221,42 @@ async def daemon(ports: list[int], seconds: float, warmup: float) -> dict[str, f
         await runner.cleanup()
 
 
-def measure_process(cmd: list[str], seconds: float, warmup: float) -> dict[str, float]:
+def measure_process(cmd: list[str], sim: Simulator, seconds: float, warmup: float) -> dict[str, float]:
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         time.sleep(warmup)
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(seconds)
-        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
-        return {"cpu": 100 * (c1 - c0) / (t1 - t0), "rss": rss_mb(proc.pid)}
+        if proc.poll() is not None:
+            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode} during the warm-up")
+        return window(proc.pid, sim, seconds)
     finally:
         proc.terminate()
-        proc.wait()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-def run(n: int, seconds: float, warmup: float) -> dict[str, dict[str, float]]:
-    me = [sys.executable, str(ROOT / "bench" / "poll.py")]
-    sim = subprocess.Popen(
-        [*me, "--serve", str(n), "--per-port", "1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+def run(n: int, seconds: float, warmup: float, node_red: bool) -> dict[str, dict[str, float]]:
+    sim = Simulator(n)
     try:
-        assert sim.stdout is not None
-        ports = json.loads(sim.stdout.readline())["ports"]
-        bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", json.dumps(ports)]
-        return {
-            "bare": measure_process(bare_cmd, seconds, warmup),
-            "daemon": asyncio.run(daemon(ports, seconds, warmup)),
-        }
+        bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", json.dumps(sim.ports)]
+        out = {"bare": measure_process(bare_cmd, sim, seconds, warmup)}
+        if node_red:
+            with tempfile.TemporaryDirectory(prefix="ea-node-red-") as work:
+                out["node_red"] = measure_process(
+                    nodered.command(sim.ports, Path(work)), sim, seconds, warmup
+                )
+        out["daemon"] = asyncio.run(daemon(sim, seconds, warmup))
+        return out
     finally:
-        assert sim.stdin is not None
-        sim.stdin.close()
-        sim.wait(timeout=60)
+        sim.close()
+
+
+def cell(r: dict[str, float] | None) -> str:
+    if r is None:
+        return f"{'not run':>24}"
+    return f"{r['cpu']:>5.1f} % {r['rss']:>4.0f} MB {r['reads']:>6.1f}/s"
 
 
 def main() -> int:
@@ -227,24 +264,29 @@ def main() -> int:
     ap.add_argument("--n", type=int, action="append", help="machines (repeatable); default 500")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured window (default 60)")
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds before the window (default 20)")
+    ap.add_argument("--no-node-red", action="store_true", help="skip the Node-RED column")
     ap.add_argument("--bare", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
         asyncio.run(bare(json.loads(args.bare)))
         return 0
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     print(
-        f"{'N':>5} | {'bare pymodbus loop':>18} | {'edge-agent run':>15} | {'ratio':>5} | {'READY':>6} | "
-        f"{'missed':>6} | {'lag p99':>8} | {'loop lag max':>12} | {'/metrics':>8}"
+        f"{'N':>5} | {'bare pymodbus loop':>24} | {'Node-RED + contrib-modbus':>25} | {'edge-agent run':>24} | "
+        f"{'/bare':>5} | {'/N-RED':>6} | {'READY':>6} | {'missed':>6} | {'lag p99':>8} | {'loop lag max':>12} | "
+        f"{'/metrics':>8}"
     )
     for n in args.n or [500]:
-        r = run(n, args.seconds, args.warmup)
-        b, d = r["bare"], r["daemon"]
+        r = run(n, args.seconds, args.warmup, not args.no_node_red)
+        b, d, nr = r["bare"], r["daemon"], r.get("node_red")
+        versus_nr = f"{d['cpu'] / nr['cpu']:>6.2f}" if nr else f"{'-':>6}"
         print(
-            f"{n:>5} | {b['cpu']:>5.1f} % {b['rss']:>6.0f} MB | {d['cpu']:>5.1f} % {d['rss']:>4.0f} MB | "
-            f"{d['cpu'] / b['cpu']:>5.2f} | {d['ready']:>5.2f}s | {int(d['missed']):>6} | "
-            f"≤{1000 * d['lag_p99']:>5.0f}ms | ≤{1000 * d['loop_lag_max']:>9.0f}ms | {1000 * d['scrape']:>6.0f}ms",
+            f"{n:>5} | {cell(b)} | {cell(nr):>25} | {cell(d)} | {d['cpu'] / b['cpu']:>5.2f} | {versus_nr} | "
+            f"{d['ready']:>5.2f}s | {int(d['missed']):>6} | ≤{1000 * d['lag_p99']:>5.0f}ms | "
+            f"≤{1000 * d['loop_lag_max']:>9.0f}ms | {1000 * d['scrape']:>6.0f}ms",
             flush=True,
         )
+    print(f"load average after: {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
 

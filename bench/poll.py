@@ -50,9 +50,12 @@ async def serve(n: int, per_port: int) -> None:
             await start_modbus_server(machines_for([f"m{first + i}" for i in range(count)]), host=HOST)
         )
     print(json.dumps({"ports": [s.port for s in sims]}), flush=True)
-    # Run until the parent closes our stdin.
+    # Run until the parent closes our stdin; a line "count" asks how many requests were served so far
+    # (bench/daemon.py turns that into reads/s for every peer alike).
     loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, sys.stdin.read)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        if line.strip() == "count":
+            print(json.dumps({"requests": sum(s.request_count() for s in sims)}), flush=True)
     for sim in sims:
         await sim.stop()
 
