@@ -145,9 +145,10 @@ async def scrape(api: str) -> tuple[dict[str, float], float]:
 class Simulator:
     """The external simulator process (bench/poll.py --serve) and its served-requests counter."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, lean: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "poll.py"), "--serve", str(n), "--per-port", "1"],
+            [sys.executable, str(ROOT / "bench" / "poll.py"), "--serve", str(n), "--per-port", "1"]
+            + (["--lean"] if lean else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -169,11 +170,17 @@ class Simulator:
 
 
 def window(pid: int, sim: Simulator, seconds: float) -> dict[str, float]:
-    """CPU % of one core of ``pid`` and the reads/s the simulator served, over ``seconds``."""
-    c0, r0, t0 = cpu_seconds(pid), sim.served(), time.monotonic()
+    """CPU % of one core of ``pid`` and the reads/s the simulator served, over ``seconds``; the
+    simulator's own CPU too (on a 2-core box it competes with the peer measured)."""
+    s0, c0, r0, t0 = cpu_seconds(sim.proc.pid), cpu_seconds(pid), sim.served(), time.monotonic()
     time.sleep(seconds)
-    c1, r1, t1 = cpu_seconds(pid), sim.served(), time.monotonic()
-    return {"cpu": 100 * (c1 - c0) / (t1 - t0), "reads": (r1 - r0) / (t1 - t0), "rss": rss_mb(pid)}
+    s1, c1, r1, t1 = cpu_seconds(sim.proc.pid), cpu_seconds(pid), sim.served(), time.monotonic()
+    return {
+        "cpu": 100 * (c1 - c0) / (t1 - t0),
+        "reads": (r1 - r0) / (t1 - t0),
+        "rss": rss_mb(pid),
+        "sim_cpu": 100 * (s1 - s0) / (t1 - t0),
+    }
 
 
 async def daemon(sim: Simulator, seconds: float, warmup: float) -> dict[str, float]:
@@ -237,11 +244,13 @@ def measure_process(cmd: list[str], sim: Simulator, seconds: float, warmup: floa
             proc.wait()
 
 
-def run(n: int, seconds: float, warmup: float, node_red: bool) -> dict[str, dict[str, float]]:
-    sim = Simulator(n)
+def run(
+    n: int, seconds: float, warmup: float, node_red: bool, lean: bool, with_bare: bool
+) -> dict[str, dict[str, float]]:
+    sim = Simulator(n, lean)
     try:
         bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", json.dumps(sim.ports)]
-        out = {"bare": measure_process(bare_cmd, sim, seconds, warmup)}
+        out = {"bare": measure_process(bare_cmd, sim, seconds, warmup)} if with_bare else {}
         if node_red:
             with tempfile.TemporaryDirectory(prefix="ea-node-red-") as work:
                 out["node_red"] = measure_process(
@@ -265,6 +274,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="measured window (default 60)")
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds before the window (default 20)")
     ap.add_argument("--no-node-red", action="store_true", help="skip the Node-RED column")
+    ap.add_argument("--no-bare", action="store_true", help="skip the bare pymodbus loop column")
+    ap.add_argument(
+        "--lean-sim",
+        action="store_true",
+        help="serve the machines with bench/poll.py's minimal responder instead of pymodbus "
+        "(for N beyond what the pymodbus simulator can serve on this box)",
+    )
     ap.add_argument("--bare", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
@@ -277,15 +293,17 @@ def main() -> int:
         f"{'/metrics':>8}"
     )
     for n in args.n or [500]:
-        r = run(n, args.seconds, args.warmup, not args.no_node_red)
-        b, d, nr = r["bare"], r["daemon"], r.get("node_red")
+        r = run(n, args.seconds, args.warmup, not args.no_node_red, args.lean_sim, not args.no_bare)
+        b, d, nr = r.get("bare"), r["daemon"], r.get("node_red")
         versus_nr = f"{d['cpu'] / nr['cpu']:>6.2f}" if nr else f"{'-':>6}"
+        versus_bare = f"{d['cpu'] / b['cpu']:>5.2f}" if b else f"{'-':>5}"
         print(
-            f"{n:>5} | {cell(b)} | {cell(nr):>25} | {cell(d)} | {d['cpu'] / b['cpu']:>5.2f} | {versus_nr} | "
+            f"{n:>5} | {cell(b)} | {cell(nr):>25} | {cell(d)} | {versus_bare} | {versus_nr} | "
             f"{d['ready']:>5.2f}s | {int(d['missed']):>6} | ≤{1000 * d['lag_p99']:>5.0f}ms | "
             f"≤{1000 * d['loop_lag_max']:>9.0f}ms | {1000 * d['scrape']:>6.0f}ms",
             flush=True,
         )
+        print(f"      simulator CPU while measuring the agent: {d['sim_cpu']:.1f} % of a core", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 

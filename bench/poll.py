@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,14 +39,70 @@ HOST = "127.0.0.1"
 # -- simulator process
 
 
-async def serve(n: int, per_port: int) -> None:
-    from simulators.modbus_server import machines_for, start_modbus_server
+class LeanServer(asyncio.Protocol):
+    """Holding/input register reads (functions 3, 4) of one unit from a fixed map, nothing else.
+
+    For N beyond what the pymodbus simulator serves on a small box (it costs about 200 µs of CPU per
+    request, so 5,000 machines at 1 Hz would need more than a core of their own): the benchmark
+    measures the agent, and a reply's bytes are the same whoever builds them. Anything else gets
+    exception 1 (illegal function)."""
+
+    def __init__(self, registers: list[int], counter: list[int]) -> None:
+        self._registers = registers
+        self._counter = counter
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        import struct
+
+        buf = self._buffer + data
+        while len(buf) >= 12:
+            tid, _proto, length, unit, function, address, count = struct.unpack_from(">HHHBBHH", buf)
+            buf = buf[6 + length :]
+            self._counter[0] += 1
+            regs = self._registers[address : address + count]
+            if function in (3, 4) and len(regs) == count:
+                body = struct.pack(f">BB{count}H", function, 2 * count, *regs)
+            else:
+                body = struct.pack(">BB", function | 0x80, 1 if function not in (3, 4) else 2)
+            assert self._transport is not None
+            self._transport.write(struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+        self._buffer = buf
+
+
+class LeanSim:
+    def __init__(self, server: asyncio.Server, counter: list[int]) -> None:
+        self.port: int = server.sockets[0].getsockname()[1]
+        self._server = server
+        self._counter = counter
+
+    def request_count(self) -> int:
+        return self._counter[0]
+
+    async def stop(self) -> None:
+        self._server.close()
+
+
+async def serve(n: int, per_port: int, lean: bool = False) -> None:
+    from simulators.modbus_server import machines_for, render, start_modbus_server
+    from simulators.model import MachineState
 
     # A reply to a client that already hung up (at the end of a run) is not news.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    sims = []
+    sims: list[Any] = []
+    loop = asyncio.get_running_loop()
     for first in range(0, n, per_port):
         count = min(per_port, n - first)
+        if lean:
+            registers = render(MachineState(name=f"m{first}"))["holding"]
+            counter = [0]
+            server = await loop.create_server(lambda r=registers, c=counter: LeanServer(r, c), HOST, 0)
+            sims.append(LeanSim(server, counter))
+            continue
         sims.append(
             await start_modbus_server(machines_for([f"m{first + i}" for i in range(count)]), host=HOST)
         )
@@ -216,11 +273,12 @@ def main() -> int:
     ap.add_argument("--max-n", type=int, default=2000, help="ceiling search limit (default 2000)")
     ap.add_argument("--ceiling-seconds", type=float, default=10.0)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--lean", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--collect", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.serve is not None:
-        asyncio.run(serve(args.serve, args.per_port))
+        asyncio.run(serve(args.serve, args.per_port, args.lean))
         return 0
     if args.collect is not None:
         result = asyncio.run(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class Quality(StrEnum):
@@ -20,9 +20,13 @@ class ConnectionState(StrEnum):
     DISCONNECTED = "disconnected"
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One tag value as read from a machine. ``timestamp`` is Unix seconds (UTC)."""
+class Reading(NamedTuple):
+    """One tag value as read from a machine. ``timestamp`` is Unix seconds (UTC).
+
+    A named tuple, not a frozen dataclass: every poll makes one per tag (20 000 a second at 1,000
+    machines), and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field) was the
+    largest single item of the daemon's profile (15 % at 1,000 machines); a tuple is built in one C
+    call and stays immutable."""
 
     machine_id: str
     tag: str

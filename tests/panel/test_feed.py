@@ -3,13 +3,15 @@ slow board gets the newest tile, not a backlog; sessions expire by the injected 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from agent.api.settings import RoleToken
 from agent.config.source import Secret
 from agent.panel.feed import LiveFeed, Subscriber
 from agent.panel.session import Sessions, csrf_ok
-from agent.panel.views import duration_text, lanes, state_class, status_segments, tile_view, url_shown
+from agent.panel.views import day_of, duration_text, lanes, state_class, status_segments, tile_view, url_shown
 from tests.derive.builders import MACHINE, deriver, good
 
 
@@ -149,3 +151,14 @@ def test_webhook_urls_are_shown_whole_to_admins_only() -> None:
     assert url_shown(slack, True) == slack
     assert url_shown(slack, False) == "https://hooks.slack.com/…"
     assert url_shown("https://user:pw@example.com/x", False) == "https://example.com/…"
+
+
+def test_the_day_of_a_time_is_right_every_minute_across_a_daylight_saving_change() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    start = datetime(2026, 3, 28, 12, tzinfo=berlin).timestamp()  # the clocks go forward on the 29th
+    for minute in range(3 * 24 * 60):
+        now = start + 60 * minute
+        local = datetime.fromtimestamp(now, tz=berlin)
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        assert day_of(now, berlin) == (local.date().isoformat(), midnight.timestamp())
+    assert day_of(start, berlin)[0] == "2026-03-28", "going back in time is answered too"
