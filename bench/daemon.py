@@ -73,6 +73,24 @@ async def bare(ports: list[int]) -> None:
     await asyncio.gather(*(one(p, i / len(ports)) for i, p in enumerate(ports)))
 
 
+async def floor(ports: list[int]) -> None:
+    """The least asyncio can do: the agent's own wire client, one read a second per machine, the reply
+    not even decoded into tags. What no asyncio poller on this interpreter can get under."""
+    from drivers.modbus.wire import ModbusTcpClient
+
+    async def one(port: int, phase: float) -> None:
+        client = ModbusTcpClient(lambda: None)
+        await client.connect(HOST, port)
+        loop = asyncio.get_running_loop()
+        at = loop.time() + phase
+        while True:
+            await asyncio.sleep(max(0.0, at - loop.time()))
+            await client.read(3, 0, REGISTERS, 1, 2.0)
+            at += 1.0
+
+    await asyncio.gather(*(one(p, i / len(ports)) for i, p in enumerate(ports)))
+
+
 # -- the daemon
 
 
@@ -245,12 +263,15 @@ def measure_process(cmd: list[str], sim: Simulator, seconds: float, warmup: floa
 
 
 def run(
-    n: int, seconds: float, warmup: float, node_red: bool, lean: bool, with_bare: bool
+    n: int, seconds: float, warmup: float, node_red: bool, lean: bool, with_bare: bool, with_floor: bool
 ) -> dict[str, dict[str, float]]:
     sim = Simulator(n, lean)
     try:
         bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", json.dumps(sim.ports)]
         out = {"bare": measure_process(bare_cmd, sim, seconds, warmup)} if with_bare else {}
+        if with_floor:
+            floor_cmd = [sys.executable, str(Path(__file__).resolve()), "--floor", json.dumps(sim.ports)]
+            out["floor"] = measure_process(floor_cmd, sim, seconds, warmup)
         if node_red:
             with tempfile.TemporaryDirectory(prefix="ea-node-red-") as work:
                 out["node_red"] = measure_process(
@@ -281,10 +302,16 @@ def main() -> int:
         help="serve the machines with bench/poll.py's minimal responder instead of pymodbus "
         "(for N beyond what the pymodbus simulator can serve on this box)",
     )
+    ap.add_argument(
+        "--floor", help="also measure the asyncio floor (our wire client alone)", nargs="?", const="[]"
+    )
     ap.add_argument("--bare", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
         asyncio.run(bare(json.loads(args.bare)))
+        return 0
+    if args.floor and args.floor != "[]":
+        asyncio.run(floor(json.loads(args.floor)))
         return 0
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     print(
@@ -293,7 +320,15 @@ def main() -> int:
         f"{'/metrics':>8}"
     )
     for n in args.n or [500]:
-        r = run(n, args.seconds, args.warmup, not args.no_node_red, args.lean_sim, not args.no_bare)
+        r = run(
+            n,
+            args.seconds,
+            args.warmup,
+            not args.no_node_red,
+            args.lean_sim,
+            not args.no_bare,
+            bool(args.floor),
+        )
         b, d, nr = r.get("bare"), r["daemon"], r.get("node_red")
         versus_nr = f"{d['cpu'] / nr['cpu']:>6.2f}" if nr else f"{'-':>6}"
         versus_bare = f"{d['cpu'] / b['cpu']:>5.2f}" if b else f"{'-':>5}"
@@ -304,6 +339,8 @@ def main() -> int:
             flush=True,
         )
         print(f"      simulator CPU while measuring the agent: {d['sim_cpu']:.1f} % of a core", flush=True)
+        if "floor" in r:
+            print(f"      asyncio floor (wire client alone, no decoding): {cell(r['floor'])}", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 
