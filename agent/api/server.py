@@ -14,13 +14,15 @@ import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from math import ceil
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from agent.api.lockout import Lockout
 from agent.api.roles import bearer_token, permits, required_role
-from agent.api.settings import ApiConfig
+from agent.api.settings import ApiConfig, RoleToken
 from agent.delivery.outbox import Outbox
 from agent.derive.errors import DeriveError, UnknownCategory, UnknownDowntime
 from agent.events import iso_utc
@@ -48,6 +50,8 @@ CONFIG: web.AppKey[ApiConfig] = web.AppKey("config", ApiConfig)
 PUBLIC: web.AppKey[set[str]] = web.AppKey("public_paths", set)
 # Path prefixes that authenticate themselves (the panel: session cookie + CSRF, HTML errors).
 SESSION_PREFIXES: web.AppKey[list[tuple[str, bool]]] = web.AppKey("session_prefixes", list)
+# Wrong tokens per client address, for the JSON API and the panel's login alike.
+LOCKOUT: web.AppKey[Lockout] = web.AppKey("lockout", Lockout)
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 MAX_LIMIT = 200
@@ -71,7 +75,33 @@ class ApiError(web.HTTPException):
 
 def is_authorized(request: web.Request) -> bool:
     """Whether the request carries the API's token (public routes use it to decide what to reveal)."""
-    return bearer_token(request.headers.get("Authorization", ""), request.app[CONFIG]) is not None
+    try:
+        return _authenticate(request, request.app[CONFIG]) is not None
+    except ApiError:
+        return False  # locked out: a public route answers as to anyone
+
+
+def _authenticate(request: web.Request, config: ApiConfig) -> RoleToken | None:
+    """The request's token; wrong ones are counted per client address (``agent.api.lockout``)."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None  # no guess: nothing to count
+    lockout, address = request.app[LOCKOUT], request.remote or "unknown"
+    wait = lockout.retry_after(address)
+    if wait is not None:
+        err = ApiError(
+            429, "locked_out", f"too many wrong tokens from {address}; try again in {ceil(wait)} s"
+        )
+        err.headers["Retry-After"] = str(ceil(wait))
+        raise err
+    token = bearer_token(header, config)
+    if token is not None:
+        lockout.succeeded(address)
+        return token
+    pause = lockout.failed(address)
+    if pause is not None:
+        log.warning("auth_locked_out", remote=address, seconds=pause, attempts=lockout.attempts)
+    return None
 
 
 def _host_allowed(request: web.Request, config: ApiConfig) -> bool:
@@ -97,7 +127,7 @@ def _host_allowed(request: web.Request, config: ApiConfig) -> bool:
 
 def _check_role(request: web.Request, config: ApiConfig) -> None:
     """401 without a known bearer token, 403 when its role may not use this route."""
-    token = bearer_token(request.headers.get("Authorization", ""), config)
+    token = _authenticate(request, config)
     if token is None:
         err = ApiError(401, "unauthorized", "missing or wrong bearer token")
         err.headers["WWW-Authenticate"] = 'Bearer realm="edge-agent"'
@@ -517,6 +547,7 @@ def create_app(pipeline: Pipeline, outbox: Outbox, config: ApiConfig) -> web.App
     app[CONFIG] = config
     app[PUBLIC] = set(PUBLIC_PATHS)
     app[SESSION_PREFIXES] = []
+    app[LOCKOUT] = Lockout()
     app.router.add_get("/api/v1/machines", list_machines)
     app.router.add_get("/api/v1/machines/{id}", get_machine)
     app.router.add_get("/api/v1/downtimes", list_downtimes)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from math import ceil
+
 from aiohttp import web
 
 from agent.api.roles import token_for
+from agent.api.server import LOCKOUT
 from agent.panel.routes.page import CTX, SESSIONS, PanelError, log, render, same_origin
 from agent.panel.session import COOKIE, Session
 
@@ -32,10 +35,19 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     nxt = next_path(form.get("next") if isinstance(form.get("next"), str) else None)  # type: ignore[arg-type]
     given = form.get("token")
+    lockout, address = request.app[LOCKOUT], request.remote or "unknown"
+    wait = lockout.retry_after(address)
+    if wait is not None:
+        error = f"Too many wrong tokens from this device. Try again in {ceil(wait)} seconds."
+        return render(request, "login.html", None, status=429, next=nxt, error=error)
     token = token_for(given, request.app[CTX].api) if isinstance(given, str) else None
     if token is None:
-        log.warning("panel_login_refused", remote=request.remote)
+        log.warning("panel_login_refused", remote=address)
+        pause = lockout.failed(address)
+        if pause is not None:
+            log.warning("auth_locked_out", remote=address, seconds=pause, attempts=lockout.attempts)
         return render(request, "login.html", None, status=401, next=nxt, error="That token is not accepted.")
+    lockout.succeeded(address)
     operator = {}
     for key in ("id", "name"):
         value = form.get(f"operator_{key}")
