@@ -55,6 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start machine i (0-based) i*S seconds into the scenario, so machines differ (default 0)",
     )
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = run)")
+    parser.add_argument(
+        "--limit-alarm",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="OPC UA: this machine (e.g. sim-02) raises its alarms as one standard ExclusiveLimitAlarmType "
+        "condition on a temperature instead of OPC 40502 CncAlarmType conditions (repeatable)",
+    )
     parser.add_argument("--log-level", choices=LEVELS, default="info")
     parser.add_argument("--log-format", choices=("console", "json"), default="console")
 
@@ -101,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             speed=args.speed,
             seed=args.seed,
             offset_seconds=args.offset_seconds,
+            limit_alarms=tuple(args.limit_alarm),
         )
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)

@@ -69,10 +69,20 @@ class FleetConfig:
     seed: int = 0
     offset_seconds: float = 0.0  # machine i starts i * offset_seconds into the scenario
     tick: float = 0.2  # wall seconds between timer ticks
+    # OPC UA machines whose alarm is one standard ExclusiveLimitAlarmType condition (a temperature
+    # limit, as an independent server has it) instead of OPC 40502 CncAlarmType conditions.
+    limit_alarms: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.machines < 1:
             raise ValueError("machines must be at least 1")
+        unknown = sorted(set(self.limit_alarms) - set(self.names))
+        if unknown:
+            raise ValueError(
+                f"limit alarms named for machines not simulated: {unknown} (machines: {self.names})"
+            )
+        if self.limit_alarms and self.protocol == "modbus":
+            raise ValueError("limit alarms are OPC UA conditions: use --protocol opcua or both")
         last_port = self.modbus_port + self.modbus_servers - 1
         if self.protocol in ("modbus", "both") and self.modbus_port and last_port > 65535:
             raise ValueError(f"{self.machines} machines need Modbus ports up to {last_port}")
@@ -160,7 +170,7 @@ class Fleet:
             if cfg.protocol in ("opcua", "both"):
                 machines: Sequence[MachineState] = self.states
                 opcua: OpcuaServer = await _server_module("opcua_server").start_opcua_server(
-                    machines, cfg.host, cfg.opcua_port
+                    machines, cfg.host, cfg.opcua_port, limit_alarms=cfg.limit_alarms
                 )
                 self.opcua = opcua
                 self._add_slot(_Slot("opcua", "opcua", opcua.stop, opcua.start), self.states)

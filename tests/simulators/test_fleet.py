@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from asyncua import Client
+import pytest
+from asyncua import Client, ua
 from pymodbus.client import AsyncModbusTcpClient
 
 from agent.config.source import Problems, parse_yaml
+from simulators.cli import main as simulate_main
 from simulators.fleet import Fleet, FleetConfig
 from simulators.model import Execution
 from simulators.scenario import Scenario, load_scenario, parse_scenario
@@ -160,3 +162,43 @@ async def test_more_than_247_machines_spread_over_modbus_servers() -> None:
         assert (regs[2] << 16) | regs[3] == fleet.states[248].part_count >= 2
     finally:
         await fleet.stop()
+
+
+async def test_a_machine_named_for_limit_alarms_generates_the_standard_limit_alarm_type() -> None:
+    fleet = Fleet(
+        FleetConfig(
+            load_scenario("steady"), machines=2, protocol="opcua", opcua_port=0, limit_alarms=("sim-02",)
+        )
+    )
+    await fleet.start(run_timer=False)
+    try:
+        assert fleet.opcua is not None
+        async with Client(fleet.opcua.url, timeout=5) as client:
+            ns = await client.get_namespace_index(NS)
+
+            async def generates(machine: str) -> list[ua.NodeId]:
+                node = client.get_node(f"ns={ns};s={machine}.Alarms")
+                refs = await node.get_references(refs=ua.ObjectIds.GeneratesEvent)
+                return [r.NodeId for r in refs]
+
+            assert await generates("sim-02") == [ua.NodeId(ua.ObjectIds.ExclusiveLimitAlarmType)]
+            assert ua.NodeId(ua.ObjectIds.ExclusiveLimitAlarmType) not in await generates("sim-01")
+    finally:
+        await fleet.stop()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--machines", "2", "--limit-alarm", "sim-03"],
+            "limit alarms named for machines not simulated: ['sim-03']",
+        ),
+        (["--protocol", "modbus", "--limit-alarm", "sim-01"], "limit alarms are OPC UA conditions"),
+    ],
+)
+def test_simulate_names_a_limit_alarm_machine_it_cannot_serve(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert simulate_main(argv) == 2
+    assert message in capsys.readouterr().err
