@@ -231,3 +231,56 @@ async def test_a_publish_the_broker_acl_forbids_is_refused_with_mqtt_5(tmp_path:
             await link.stop()
     finally:
         await broker.stop()
+
+
+def test_a_puback_is_a_plain_success_only_without_error_code_or_properties() -> None:
+    from agent.mqtt.link import _plain_success
+
+    # MQTT 3.1.1 §3.4: packet id only. MQTT 5 §3.4.2: the reason code may be omitted (success, no
+    # properties); codes below 0x80 are successes (0x10 No matching subscribers); then a property
+    # length, which may be 0.
+    assert _plain_success(b"\x00\x07")
+    assert _plain_success(b"\x00\x07\x00")
+    assert _plain_success(b"\x00\x07\x10")
+    assert _plain_success(b"\x00\x07\x10\x00")
+    # Errors and anything carrying properties take paho's full decoding.
+    assert not _plain_success(b"\x00\x07\x87")
+    assert not _plain_success(b"\x00\x07\x80\x00")
+    assert not _plain_success(b"\x00\x07\x00\x03\x1f\x00\x00")
+
+
+async def test_publishes_beyond_the_in_flight_window_go_out_as_acks_free_it(broker: Broker) -> None:
+    # paho holds back what exceeds max_inflight_messages and sends it when a PUBACK frees a slot.
+    link = MqttLink(config(broker.port, in_flight=2))
+    await link.start()
+    assert await link.wait_connected(10)
+    async with subscribe(broker.port, "plant/window/#") as sub:
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(link.publish(f"plant/window/{i}", str(i).encode(), 1, False, f"msg_{i}") for i in range(20))
+            ),
+            10,
+        )
+        seen = await sub.wait_count(20)
+        assert sorted(int(m.payload) for m in seen) == list(range(20))
+    await link.stop()
+
+
+async def test_a_publish_without_puback_fails_after_the_publish_timeout(broker: Broker) -> None:
+    link = MqttLink(config(broker.port, publish_timeout=0.3, keepalive=60))
+    await link.start()
+    assert await link.wait_connected(10)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)  # takes the bytes, never answers
+    try:
+        first = asyncio.create_task(link.publish("plant/x", b"{}", 1, False, "msg_a"))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(link.publish("plant/y", b"{}", 1, False, "msg_b"))
+        for waiting in (first, second):
+            with pytest.raises(LinkDown, match="no PUBACK within 0.3 s"):
+                await asyncio.wait_for(waiting, 5)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    # The link itself is still up: the next publish is acknowledged.
+    await link.publish("plant/z", b"{}", 1, False, "msg_c")
+    await link.stop()
