@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,6 +26,8 @@ import structlog
 from agent import __version__
 from agent.events import iso_utc
 from agent.mqtt.settings import MqttConfig
+from agent.mqtt.wire import MESSAGE_ID_PROPERTY as MESSAGE_ID_PROPERTY
+from agent.mqtt.wire import fast_puback, message_id_property
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -34,78 +35,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
-# The MQTT 5 user property that carries the outbox message id (also in every payload as ``id`` or
-# ``message_id``): a consumer de-duplicates QoS 1 redelivery on it.
-MESSAGE_ID_PROPERTY = "message-id"
-
-
-def pack_user_properties(pairs: Sequence[tuple[str, str]]) -> bytes:
-    """MQTT 5 properties holding only User Properties (§2.2.2: length as a Variable Byte Integer, then
-    per property the identifier 0x26 and a UTF-8 string pair, §1.5.7)."""
-    body = bytearray()
-    for key, value in pairs:
-        for text in (key, value):
-            raw = text.encode("utf-8")
-            if len(raw) > 65535:
-                raise ValueError("user property longer than 65535 bytes")
-        k, v = key.encode("utf-8"), value.encode("utf-8")
-        body += b"\x26" + len(k).to_bytes(2, "big") + k + len(v).to_bytes(2, "big") + v
-    n = len(body)
-    length = bytearray()
-    while True:
-        digit, n = n % 128, n // 128
-        length.append(digit | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes(length + body)
-
-
-def message_id_property(message_id: str) -> Any:
-    """PUBLISH properties carrying ``message-id``, packed once.
-
-    paho's generic ``Properties`` costs ~150 µs per message (its name tables are rebuilt per instance
-    and ``pack`` reflects over every property name): more than half the time of a QoS 1 publish. paho
-    only checks the type and calls ``pack()``, so a subclass hands it the bytes directly.
-    """
-    return _packed_properties_class()(
-        pack_user_properties([(MESSAGE_ID_PROPERTY, message_id)]), f"[UserProperty: message-id={message_id}]"
-    )
-
-
-@functools.cache
-def _packed_properties_class() -> Any:
-    # Built on first use: paho is imported only by agents that have an mqtt: section.
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    class PackedProperties(Properties):
-        _packed: bytes
-        _shown: str
-
-        def __init__(self, packed: bytes, shown: str) -> None:
-            # Neither super().__init__ (that is the cost) nor its validating __setattr__.
-            object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
-            object.__setattr__(self, "_packed", packed)
-            object.__setattr__(self, "_shown", shown)
-
-        def pack(self) -> bytes:
-            return self._packed
-
-        def isEmpty(self) -> bool:
-            return False
-
-        def __str__(self) -> str:
-            return self._shown
-
-        __repr__ = __str__
-
-    return PackedProperties
-
-
-def _plain_success(puback: bytes) -> bool:
-    """A PUBACK's variable header (after the fixed header) that says success and carries nothing else."""
-    n = len(puback)
-    return n == 2 or (n == 3 and puback[2] < 0x80) or (n == 4 and puback[2] < 0x80 and puback[3] == 0)
 
 
 class PublishRefused(Exception):
@@ -257,11 +186,12 @@ class MqttLink:
                 acked.set_exception(LinkDown(f"no PUBACK within {self.config.publish_timeout:g} s"))
 
     def _fail_waiting(self, why: str) -> None:
-        acks, self._acks = self._acks, {}
+        acks = list(self._acks.values())
+        self._acks.clear()  # in place: the PUBACK short-cut holds this dict
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
-        for acked, _ in acks.values():
+        for acked, _ in acks:
             if not acked.done():
                 acked.set_exception(LinkDown(why))
 
@@ -273,43 +203,6 @@ class MqttLink:
             original(client, userdata, mid, reason, properties)  # aiomqtt's own (birth, offline)
 
         return on_publish
-
-    def _fast_puback(self, paho_client: Any) -> Callable[[str], Any]:
-        """paho's PUBACK handler, short-cut for the common case: a success PUBACK without properties for
-        one of our publishes. MQTT 3.1.1: remaining length 2. MQTT 5 §3.4.2: a reason code below 0x80
-        is a success (Mosquitto 2.0 sends 0x10 "No matching subscribers" when nobody listens), may be
-        omitted with no properties (length 2) and is followed by a property length (here 0) or not.
-
-        paho decodes every PUBACK into a ReasonCode and a Properties object and scans its outgoing
-        messages: ~40 % of the agent's CPU per QoS 1 message in the sink benchmark. Anything else
-        (an error reason code, properties, PUBCOMP, aiomqtt's own publishes) takes paho's own path.
-        The bookkeeping is paho 2.2's ``_do_on_publish`` (pinned; tests/mqtt run both paths)."""
-        slow = paho_client._handle_pubackcomp
-        from paho.mqtt.client import MQTT_ERR_SUCCESS
-
-        def handle_pubackcomp(cmd: str) -> Any:
-            packet = paho_client._in_packet["packet"]
-            if cmd != "PUBACK" or not _plain_success(packet):
-                return slow(cmd)
-            mid = (packet[0] << 8) | packet[1]
-            waiter = self._acks.pop(mid, None)
-            if waiter is None:
-                return slow(cmd)
-            rc = MQTT_ERR_SUCCESS
-            with paho_client._out_message_mutex:
-                msg = paho_client._out_messages.pop(mid, None)
-                if msg is not None:
-                    msg.info._set_as_published()
-                    paho_client._inflight_messages -= 1
-                    # Messages paho queued above max_inflight_messages go out now (its scan is
-                    # skipped when none wait, which is always with the dispatcher's window).
-                    if len(paho_client._out_messages) > paho_client._inflight_messages:
-                        rc = paho_client._update_inflight()
-            if not waiter[0].done():
-                waiter[0].set_result(None)
-            return rc
-
-        return handle_pubackcomp
 
     # ---- the connection loop
 
@@ -355,7 +248,7 @@ class MqttLink:
         client._client.connect_timeout = cfg.connect_timeout
         client._client.on_publish = self._on_publish(client._client.on_publish)
         # On this one paho instance (not the class): see _fast_puback.
-        client._client._handle_pubackcomp = self._fast_puback(client._client)  # type: ignore[method-assign,assignment]
+        client._client._handle_pubackcomp = fast_puback(client._client, self._acks)  # type: ignore[method-assign,assignment]
         return client
 
     async def _run(self) -> None:

@@ -202,7 +202,7 @@ def test_packed_user_properties_are_byte_identical_to_the_reference_client() -> 
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from agent.mqtt.link import message_id_property, pack_user_properties
+    from agent.mqtt.wire import message_id_property, pack_user_properties
 
     for mid in ("msg_01M8H6NJRQDHBAPNPM9XEB83CS_f96e90fdf963_0", "ü" * 100, "x" * 70):
         ref = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -234,19 +234,19 @@ async def test_a_publish_the_broker_acl_forbids_is_refused_with_mqtt_5(tmp_path:
 
 
 def test_a_puback_is_a_plain_success_only_without_error_code_or_properties() -> None:
-    from agent.mqtt.link import _plain_success
+    from agent.mqtt.wire import plain_success
 
     # MQTT 3.1.1 §3.4: packet id only. MQTT 5 §3.4.2: the reason code may be omitted (success, no
     # properties); codes below 0x80 are successes (0x10 No matching subscribers); then a property
     # length, which may be 0.
-    assert _plain_success(b"\x00\x07")
-    assert _plain_success(b"\x00\x07\x00")
-    assert _plain_success(b"\x00\x07\x10")
-    assert _plain_success(b"\x00\x07\x10\x00")
+    assert plain_success(b"\x00\x07")
+    assert plain_success(b"\x00\x07\x00")
+    assert plain_success(b"\x00\x07\x10")
+    assert plain_success(b"\x00\x07\x10\x00")
     # Errors and anything carrying properties take paho's full decoding.
-    assert not _plain_success(b"\x00\x07\x87")
-    assert not _plain_success(b"\x00\x07\x80\x00")
-    assert not _plain_success(b"\x00\x07\x00\x03\x1f\x00\x00")
+    assert not plain_success(b"\x00\x07\x87")
+    assert not plain_success(b"\x00\x07\x80\x00")
+    assert not plain_success(b"\x00\x07\x00\x03\x1f\x00\x00")
 
 
 async def test_publishes_beyond_the_in_flight_window_go_out_as_acks_free_it(broker: Broker) -> None:
@@ -277,7 +277,7 @@ async def test_a_publish_without_puback_fails_after_the_publish_timeout(broker: 
         await asyncio.sleep(0.1)
         second = asyncio.create_task(link.publish("plant/y", b"{}", 1, False, "msg_b"))
         for waiting in (first, second):
-            with pytest.raises(LinkDown, match="no PUBACK within 0.3 s"):
+            with pytest.raises(LinkDown, match=r"no PUBACK within 0\.3 s"):
                 await asyncio.wait_for(waiting, 5)
     finally:
         broker.proc.send_signal(signal.SIGCONT)
