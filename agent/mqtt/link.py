@@ -110,7 +110,22 @@ class MqttLink:
         return self._client is not None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="mqtt-link")
+        self.open()
+
+    def open(self) -> None:
+        """Start connecting (in the background: ``wait_connected`` waits for it)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="mqtt-link")
+
+    @property
+    def broker(self) -> str:
+        """How metrics and health name the broker: host:port (never the user or password)."""
+        return f"{self.config.host}:{self.config.port}"
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after the first one."""
+        return max(0, self.connects - 1)
 
     async def wait_connected(self, within: float | None = None) -> bool:
         with contextlib.suppress(TimeoutError):
