@@ -282,6 +282,7 @@ class Runtime:
                 mid, d.status if unreadable else None, d.status_reason, d.status_since if unreadable else None
             )
         self.collection.observe_polls()
+        self.metrics.set_mqtt_links((ln.broker, ln.connected, ln.reconnects) for ln in self.mqtt_links())
         c = self._outbox_counts
         if c is not None:
             self.metrics.set_outbox(
@@ -291,11 +292,17 @@ class Runtime:
                 oldest_pending_age=c.oldest_pending_age or 0.0,  # None when nothing is pending
             )
 
+    def mqtt_links(self) -> list[Any]:
+        """The MQTT sender's open links (``MqttLink``: broker, connected, reconnects, last_error)."""
+        sender = self.dispatcher.sender("mqtt") if self.dispatcher is not None else None
+        return list(getattr(sender, "links", list)())
+
     def _statuses(self) -> list[str]:
         return [str(d.status) for d in self.pipeline.derivers.values()] if self.pipeline else []
 
     def status_line(self) -> str:
-        return status_line(self._statuses(), self._outbox_counts)
+        links = [(link.broker, link.connected) for link in self.mqtt_links()]
+        return status_line(self._statuses(), self._outbox_counts, links)
 
     def health(self) -> Health:
         return judge(
@@ -307,6 +314,7 @@ class Runtime:
                 rejected=self.pipeline.rejected if self.pipeline is not None else 0,
                 counts=self._outbox_counts,
                 statuses=self._statuses(),
+                mqtt=[(link.broker, link.connected, link.last_error) for link in self.mqtt_links()],
             )
         )
 
