@@ -48,7 +48,8 @@ async def apply(rt: Runtime) -> dict[str, Any]:
         for m in rt.config.machines:
             if m.id not in rt.collection:
                 rt.collection.start(m)
-    if added or removed or changed or renamed:
+    # A new broker has none of the namespace yet.
+    if added or removed or changed or renamed or new.agent.mqtt != old.mqtt:
         await _republish(rt)
     rt.last_reload = reload_report(new, added, removed, changed, rt.clock())
     return rt.last_reload
