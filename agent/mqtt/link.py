@@ -77,6 +77,23 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _honour_receive_maximum(original: Any, window: int) -> Any:
+    """MQTT 5 §3.2.2.3.3: the broker's CONNACK may limit the unacknowledged QoS 1 PUBLISHes it takes
+    (Receive Maximum; Mosquitto announces its max_inflight_messages, 20 by default, HiveMQ and EMQX
+    their own) and may disconnect a client that sends more (0x93). paho does not apply it by
+    itself: the rest of the window waits in paho's queue and goes out as PUBACKs come back."""
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        limit = getattr(properties, "ReceiveMaximum", None)
+        # The attribute, not the setter: paho refuses a change once connected, for fear of a switch
+        # between 0 (unlimited) and a limit. Here both are limits, and nothing is in flight yet (each
+        # connection is a new client; the birth message goes out after this).
+        client._max_inflight_messages = limit if isinstance(limit, int) and 0 < limit < window else window
+        original(client, userdata, flags, reason, properties)
+
+    return on_connect
+
+
 class MqttLink:
     def __init__(
         self,
@@ -262,6 +279,7 @@ class MqttLink:
         client.pending_calls_threshold = cfg.in_flight + 16
         client._client.connect_timeout = cfg.connect_timeout
         client._client.on_publish = self._on_publish(client._client.on_publish)
+        client._client.on_connect = _honour_receive_maximum(client._client.on_connect, cfg.in_flight)
         # On this one paho instance (not the class): see _fast_puback.
         client._client._handle_pubackcomp = fast_puback(client._client, self._acks)  # type: ignore[method-assign,assignment]
         return client

@@ -284,3 +284,24 @@ async def test_a_publish_without_puback_fails_after_the_publish_timeout(broker: 
     # The link itself is still up: the next publish is acknowledged.
     await link.publish("plant/z", b"{}", 1, False, "msg_c")
     await link.stop()
+
+
+async def test_no_more_unacknowledged_publishes_than_the_brokers_receive_maximum(tmp_path: Path) -> None:
+    # MQTT 5 §3.2.2.3.3 / §4.9: the client must not exceed the Receive Maximum of the CONNACK;
+    # Mosquitto announces its max_inflight_messages as such.
+    broker = await Broker(tmp_path / "broker", max_inflight=5).start()
+    try:
+        link = MqttLink(config(broker.port, in_flight=64))
+        await link.start()
+        assert await link.wait_connected(10)
+        sending = [
+            asyncio.create_task(link.publish(f"plant/rm/{i}", b"{}", 1, False, f"msg_{i}")) for i in range(20)
+        ]
+        await asyncio.sleep(0)  # every publish has been handed to the client, no PUBACK read yet
+        assert link._client is not None
+        paho_client = link._client._client
+        assert paho_client._inflight_messages == 5 and len(paho_client._out_messages) == 20
+        await asyncio.wait_for(asyncio.gather(*sending), 10)  # the rest follow as PUBACKs free slots
+        await link.stop()
+    finally:
+        await broker.stop()
