@@ -296,12 +296,18 @@ async def main() -> None:
     ap.add_argument("--period", type=float, default=10.0, help="seconds between status changes per machine")
     ap.add_argument("--skip", choices=["raw", "sink", "fleet"], action="append", default=[])
     ap.add_argument("--repeat", type=int, default=1, help="run raw and sink this many times, alternating")
+    ap.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=0,
+        help="mosquitto's max_inflight_messages, its MQTT 5 Receive Maximum (0: none; Mosquitto's default is 20)",
+    )
     args = ap.parse_args()
     quiet()
     random.seed(1)
     with tempfile.TemporaryDirectory(prefix="mqtt-bench-") as d:
         tmp = Path(d)
-        broker = await Broker(tmp / "broker").start()
+        broker = await Broker(tmp / "broker", max_inflight=args.broker_inflight).start()
         try:
             print(
                 f"mosquitto on 127.0.0.1:{broker.port}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
