@@ -33,6 +33,8 @@ class Facts:
     rejected: int = 0  # deliveries given up since start
     counts: Any = None  # the last ``OutboxCounts`` read (None: not read yet)
     statuses: Sequence[str] = ()  # each machine's status
+    # Per MQTT broker link: (host:port, connected, last error or None); the error never holds a secret.
+    mqtt: Sequence[tuple[str, bool, str | None]] = ()
 
 
 def judge(f: Facts) -> Health:
@@ -56,12 +58,17 @@ def judge(f: Facts) -> Health:
         reasons.append("every machine is disconnected")
     elif f.statuses and all(s in UNREADABLE for s in f.statuses):
         reasons.append("no machine can be read: each is disconnected or answers only with errors")
+    for broker, up, error in f.mqtt:
+        if not up:
+            reasons.append(f"MQTT broker {broker} not connected: its messages wait in the outbox")
+            detail[f"mqtt {broker}"] = error or "connecting"
     return Health(ok=not reasons, reasons=reasons, detail=detail)
 
 
-def status_line(statuses: Sequence[str], counts: Any) -> str:
-    """``ACTIVE=3 IDLE=1; outbox pending=0 dead=0`` (systemd ``STATUS=``)."""
+def status_line(statuses: Sequence[str], counts: Any, mqtt: Sequence[tuple[str, bool]] = ()) -> str:
+    """``ACTIVE=3 IDLE=1; outbox pending=0 dead=0; mqtt 10.0.0.5:1883 up`` (systemd ``STATUS=``)."""
     by = Counter(statuses)
     machines = " ".join(f"{k}={v}" for k, v in sorted(by.items())) or "no machines"
     outbox = f"outbox pending={counts.pending} dead={counts.dead}" if counts is not None else "outbox ?"
-    return f"{machines}; {outbox}"
+    links = "".join(f"; mqtt {broker} {'up' if up else 'down'}" for broker, up in mqtt)
+    return f"{machines}; {outbox}{links}"

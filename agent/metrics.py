@@ -59,6 +59,7 @@ class Metrics:
         self._collection_metrics(namespace)
         self._derived_metrics(namespace)
         self._delivery_metrics(namespace)
+        self._mqtt_metrics(namespace)
         # Every metric, in the order of its creation: what the exposition text lists.
         self._families = [v for v in vars(self).values() if isinstance(v, MetricWrapperBase)]
         self._statuses: set[str] = set()
@@ -155,6 +156,22 @@ class Metrics:
             buckets=DELIVERY_BUCKETS,
             registry=r,
         )
+
+    def _mqtt_metrics(self, ns: str) -> None:
+        r = self.registry
+        self.mqtt_connected = Gauge(
+            f"{ns}_mqtt_connected",
+            "1 while the agent's connection to the MQTT broker (host:port) is up, else 0.",
+            ["broker"],
+            registry=r,
+        )
+        self.mqtt_reconnects = Counter(
+            f"{ns}_mqtt_reconnects_total",
+            "Connections to the MQTT broker made again after the first one (each one followed a loss).",
+            ["broker"],
+            registry=r,
+        )
+        self._reconnects_seen: dict[str, int] = {}
 
     # -- collection
 
@@ -282,6 +299,22 @@ class Metrics:
         self.deliveries.labels(endpoint=key, outcome=outcome).inc()
         if latency is not None:
             self.delivery_latency.labels(endpoint=key).observe(max(0.0, latency))
+
+    def set_mqtt_links(self, links: Iterable[tuple[str, bool, int]]) -> None:
+        """(broker ``host:port``, connected, reconnects of that link so far) per open link; a broker
+        no longer used drops its gauge."""
+        current = {safe_label(broker): (up, n) for broker, up, n in links}
+        for broker in set(self._reconnects_seen) - set(current):
+            self.mqtt_connected.remove(broker)
+            del self._reconnects_seen[broker]
+        for broker, (up, n) in current.items():
+            self.mqtt_connected.labels(broker=broker).set(1 if up else 0)
+            counter = self.mqtt_reconnects.labels(broker=broker)  # present at 0 from the start
+            # A new link to the same broker (a reload) counts from 0 again: only growth is added.
+            grew = n - self._reconnects_seen.get(broker, 0)
+            if grew > 0:
+                counter.inc(grew)
+            self._reconnects_seen[broker] = n
 
     def forget_machine(self, machine: str) -> None:
         """Drop a removed machine's series (after a reload) so dashboards do not show it forever."""

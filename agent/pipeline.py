@@ -20,6 +20,7 @@ from agent.derive.errors import DeriveError, UnknownDowntime
 from agent.deriver import Deriver, machine_ref
 from agent.events import MANUAL_TRIGGER, Event, MachineRef, new_event_id
 from agent.holdback import HoldBack, OutboxIntake
+from agent.mqtt.retained import publish_retained
 from agent.mqtt.tags import TagReporter
 from agent.mqtt.uns import Namespace
 from agent.refusals import (  # re-exported: the API and the panel import them from here
@@ -112,6 +113,10 @@ class Pipeline:
         self.machines = {mid: machine_ref(m) for mid, m in machines.items()}
         self.derivers = dict(derivers)
         self._push_thresholds()
+
+    def set_namespace(self, namespace: Namespace | None) -> None:
+        self.namespace = namespace
+        self._tag_reporters = {}  # they hold the old publish.tags settings
 
     def set_workflows(self, workflows: Iterable[Workflow]) -> None:
         self.workflows = {w.name: w for w in workflows}
@@ -350,16 +355,17 @@ class Pipeline:
             await self._holdback.enqueue(rows)
 
     async def publish_state(self) -> None:
-        """Put every machine's whole retained state on the broker (at start: the broker may hold
-        values from before a crash or a config change, or nothing at all)."""
-        if self.namespace is None:
-            return
-        now = self._clock()
-        views: list[tuple[MachineRef, Any]] = [
-            (self.machines[mid], d) for mid, d in sorted(self.derivers.items()) if mid in self.machines
-        ]
-        messages = self.namespace.snapshot(views, now, new_event_id(now))
-        await self._holdback.enqueue([uns_row(m, "state", None, "", now) for m in messages])
+        """Put every machine's whole retained state on the broker and clear the topics of machines
+        no longer configured (at start and after a reload: ``mqtt/retained.py``)."""
+        if self.namespace is not None:
+            await publish_retained(
+                self.namespace,
+                self.machines,
+                self.derivers,
+                self._holdback.enqueue,
+                self._store,
+                self._clock(),
+            )
 
     # -- durability of derived state
 

@@ -18,10 +18,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from agent import reload
 from agent.collection import Collection
-from agent.config.agent_file import Config, collect_config
+from agent.config.agent_file import Config
 from agent.config.machines import MachineConfig
-from agent.config_changes import endpoints_of, machine_changes, reload_report
+from agent.config_changes import endpoints_of
 from agent.delivery.settings import OUTBOX_FILE
 from agent.health import Facts, Health, judge, status_line
 from agent.loop_watch import GC_SETTLE_SECONDS, AcceptEpisodes, GcPauses, LoopLag
@@ -128,15 +129,12 @@ class Runtime:
         from agent.pipeline import Pipeline
 
         cfg = self.config
-        derivers = await self._derivers(cfg.machines)
+        derivers = await self.derivers_for(cfg.machines)
         self.dispatcher = Dispatcher(
             self.outbox, endpoints_of(cfg), cfg.agent.delivery, on_result=self.metrics.observe_delivery
         )
-        namespace = None
-        if cfg.agent.publish is not None:
-            from agent.mqtt.uns import Namespace
+        from agent.mqtt.uns import namespace_of
 
-            namespace = Namespace(cfg.agent.publish, cfg.agent.name)
         self.pipeline = Pipeline(
             {m.id: m.ref for m in cfg.machines},
             derivers,
@@ -147,7 +145,7 @@ class Runtime:
             on_enqueued=self.dispatcher.wake,
             on_events=self._count_events,
             on_firings=self._count_firings,
-            namespace=namespace,
+            namespace=namespace_of(cfg.agent.publish, cfg.agent.name),
             agent_name=cfg.agent.name,
         )
 
@@ -185,7 +183,7 @@ class Runtime:
             self._lock.release()
         log.info("agent_stopped")
 
-    async def _derivers(
+    async def derivers_for(
         self,
         machines: Sequence[MachineConfig],
         *,
@@ -284,6 +282,7 @@ class Runtime:
                 mid, d.status if unreadable else None, d.status_reason, d.status_since if unreadable else None
             )
         self.collection.observe_polls()
+        self.metrics.set_mqtt_links((ln.broker, ln.connected, ln.reconnects) for ln in self.mqtt_links())
         c = self._outbox_counts
         if c is not None:
             self.metrics.set_outbox(
@@ -293,11 +292,17 @@ class Runtime:
                 oldest_pending_age=c.oldest_pending_age or 0.0,  # None when nothing is pending
             )
 
+    def mqtt_links(self) -> list[Any]:
+        """The MQTT sender's open links (``MqttLink``: broker, connected, reconnects, last_error)."""
+        sender = self.dispatcher.sender("mqtt") if self.dispatcher is not None else None
+        return list(getattr(sender, "links", list)())
+
     def _statuses(self) -> list[str]:
         return [str(d.status) for d in self.pipeline.derivers.values()] if self.pipeline else []
 
     def status_line(self) -> str:
-        return status_line(self._statuses(), self._outbox_counts)
+        links = [(link.broker, link.connected) for link in self.mqtt_links()]
+        return status_line(self._statuses(), self._outbox_counts, links)
 
     def health(self) -> Health:
         return judge(
@@ -309,6 +314,7 @@ class Runtime:
                 rejected=self.pipeline.rejected if self.pipeline is not None else 0,
                 counts=self._outbox_counts,
                 statuses=self._statuses(),
+                mqtt=[(link.broker, link.connected, link.last_error) for link in self.mqtt_links()],
             )
         )
 
@@ -327,59 +333,9 @@ class Runtime:
         async with self._reload_lock:
             self.notifier.reloading()
             try:
-                return await self._reload()
+                return await reload.apply(self)
             finally:
                 self.notifier.ready(self.status_line())
-
-    async def _reload(self) -> dict[str, Any]:
-        if self.config_path is None:
-            return {"ok": False, "errors": ["this agent was started without a config file"]}
-        new, problems = collect_config(self.config_path, self.state_dir_override)
-        if new is None:
-            errors = [str(p) for p in problems.items]
-            for e in errors:
-                log.error("reload_rejected", problem=e)
-            self.last_reload = {"ok": False, "errors": errors, "at": self.clock()}
-            return self.last_reload
-        if (
-            new.agent.state_dir != self.config.agent.state_dir
-            or new.agent.api != self.config.agent.api
-            or new.agent.mqtt != self.config.agent.mqtt
-            or new.agent.publish != self.config.agent.publish
-        ):
-            log.warning(
-                "reload_needs_restart",
-                detail="state_dir, api, mqtt and publish changes take effect after a restart",
-            )
-        fresh = {m.id: m for m in new.machines}
-        removed, added, changed = machine_changes(self.config.machines, new.machines)
-        previous = self.config
-        try:
-            # Stopped first so a changed machine's live state is final when its new deriver takes it
-            # over; on any failure below, the finally clause starts every configured machine again.
-            for mid in removed + changed:
-                await self.collection.stop(mid)
-            self.config = new  # new derivers take the new plant categories
-            rebuilt = await self._derivers(
-                [fresh[mid] for mid in added + changed], after_restart=False, live=self.pipeline.derivers
-            )
-            derivers = {mid: d for mid, d in self.pipeline.derivers.items() if mid in fresh}
-            derivers.update(rebuilt)
-            self.pipeline.set_machines({m.id: m.ref for m in new.machines}, derivers)
-            self.pipeline.set_workflows(new.workflows)
-            self.dispatcher.set_endpoints(endpoints_of(new))
-        except Exception as exc:
-            log.error("reload_failed", error=repr(exc), exc_info=True)
-            self.config = previous
-            self.last_reload = {"ok": False, "errors": [f"reload failed: {exc!r}"], "at": self.clock()}
-            return self.last_reload
-        finally:
-            # Whatever happened above, every configured machine is collecting afterwards.
-            for m in self.config.machines:
-                if m.id not in self.collection:
-                    self.collection.start(m)
-        self.last_reload = reload_report(new, added, removed, changed, self.clock())
-        return self.last_reload
 
     # ---- the process: signals, until SIGTERM/SIGINT
 

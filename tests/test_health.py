@@ -57,3 +57,14 @@ def test_machines_that_all_answer_only_with_errors_make_the_agent_unready_too() 
     assert not health.ok
     assert health.reasons == ["no machine can be read: each is disconnected or answers only with errors"]
     assert judge(Facts(statuses=["BAD", "ACTIVE"])).ok
+
+
+def test_a_broker_link_that_is_down_is_named_with_its_error_for_token_holders_only() -> None:
+    down = ("10.0.0.5:1883", False, "broker 10.0.0.5:1883: [Errno 111] Connection refused")
+    health = judge(Facts(mqtt=[("10.0.0.6:8883", True, None), down]))
+    assert not health.ok
+    assert health.reasons == ["MQTT broker 10.0.0.5:1883 not connected: its messages wait in the outbox"]
+    assert health.detail == {"mqtt 10.0.0.5:1883": down[2]}
+    assert judge(Facts(mqtt=[("10.0.0.6:8883", True, None)])).ok
+    line = status_line(["ACTIVE"], counts(), [("10.0.0.6:8883", True), ("10.0.0.5:1883", False)])
+    assert line == "ACTIVE=1; outbox pending=0 dead=0; mqtt 10.0.0.6:8883 up; mqtt 10.0.0.5:1883 down"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 
@@ -36,6 +36,7 @@ class Attempts:
         self._rand = rand
         self._senders: dict[str, Sender] = {}
         self._internal_failing: set[str] = set()  # endpoints whose attempts end in an exception
+        self._destinations: list[Destination] = []
 
     async def sender(self, kind: str) -> Sender:
         sender = self._senders.get(kind)
@@ -43,7 +44,18 @@ class Attempts:
             sender = create_sender(kind, self.config)
             await sender.start()
             self._senders[kind] = sender
+            _configure(sender, [d for d in self._destinations if d.kind == kind])
         return sender
+
+    def loaded(self, kind: str) -> Sender | None:
+        """The sender of this kind if one was loaded (for the state of its connections)."""
+        return self._senders.get(kind)
+
+    def configure(self, destinations: Iterable[Destination]) -> None:
+        """Tell each loaded sender the destinations of its kind configured now (see senders/base.py)."""
+        self._destinations = list(destinations)
+        for kind, sender in self._senders.items():
+            _configure(sender, [d for d in self._destinations if d.kind == kind])
 
     async def close(self) -> None:
         senders, self._senders = self._senders, {}
@@ -109,3 +121,9 @@ class Attempts:
             decision=decision,
         )
         return record, judged.result
+
+
+def _configure(sender: Sender, destinations: list[Destination]) -> None:
+    configure = getattr(sender, "configure", None)  # optional in the sender contract
+    if configure is not None:
+        configure(destinations)

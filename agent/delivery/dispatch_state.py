@@ -12,9 +12,13 @@ from agent.delivery.retry import CircuitBreaker, Classified, Outcome
 from agent.delivery.senders import Destination
 from agent.delivery.settings import DeliveryConfig
 
-# A FIFO endpoint claims this many of its oldest due rows in one commit (at least its window) and
-# sends them in order from memory: one claim per batch instead of one per delivery.
+# A FIFO endpoint claims this many of its oldest due rows in one commit and sends them in order from
+# memory: one claim per batch instead of one per delivery.
 FIFO_BATCH = 32
+# A FIFO destination with a window (MQTT) claims this many windows at once: refilling at every
+# window drained it while the claim waited for the writer's commit, and the reads and claims cost
+# ~30 µs of SQLite thread CPU per message (bench/mqtt.py sink: 75-86 -> 45-52 µs/msg).
+WINDOWS_PER_CLAIM = 4
 
 
 class EndpointState:
@@ -39,7 +43,7 @@ class EndpointState:
 
     def batch(self, cfg: Destination, allowance: int) -> int:
         """Rows to read and claim at once."""
-        return max(self.limit(cfg), FIFO_BATCH) if cfg.fifo else allowance
+        return max(WINDOWS_PER_CLAIM * self.limit(cfg), FIFO_BATCH) if cfg.fifo else allowance
 
     def give_back(self) -> list[int]:
         """Claimed rows that will not be started now (they go back to pending)."""

@@ -29,7 +29,7 @@ from agent.delivery.dispatch_state import EndpointState
 from agent.delivery.outbox import AttemptRecord, Delivery, Outbox, OutboxError, OutboxUnavailable
 from agent.delivery.report import AttemptReport, DispatcherStats, ResultObserver
 from agent.delivery.retry import Outcome
-from agent.delivery.senders import Destination
+from agent.delivery.senders import Destination, Sender
 from agent.delivery.settings import DeliveryConfig
 
 log = structlog.get_logger(__name__)
@@ -75,6 +75,7 @@ class Dispatcher:
     # ---- lifecycle
 
     async def start(self) -> None:
+        self._attempts.configure(self._endpoints.values())
         for cfg in self._endpoints.values():
             await self._attempts.sender(cfg.kind)
         self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
@@ -97,9 +98,14 @@ class Dispatcher:
                 self._drop_state(key)
         for key in set(self._state) - set(self._endpoints):
             self._drop_state(key)
+        self._attempts.configure(self._endpoints.values())
         self._configured_changed = True
         self._held_noted.clear()
         self.wake()
+
+    def sender(self, kind: str) -> Sender | None:
+        """The loaded sender of a kind (the runtime reports the state of its connections)."""
+        return self._attempts.loaded(kind)
 
     def _drop_state(self, key: str) -> None:
         ep = self._state.pop(key, None)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import random
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -27,6 +26,8 @@ import structlog
 from agent import __version__
 from agent.events import iso_utc
 from agent.mqtt.settings import MqttConfig
+from agent.mqtt.wire import MESSAGE_ID_PROPERTY as MESSAGE_ID_PROPERTY
+from agent.mqtt.wire import fast_puback, message_id_property
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -34,72 +35,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
-# The MQTT 5 user property that carries the outbox message id (also in every payload as ``id`` or
-# ``message_id``): a consumer de-duplicates QoS 1 redelivery on it.
-MESSAGE_ID_PROPERTY = "message-id"
-
-
-def pack_user_properties(pairs: Sequence[tuple[str, str]]) -> bytes:
-    """MQTT 5 properties holding only User Properties (§2.2.2: length as a Variable Byte Integer, then
-    per property the identifier 0x26 and a UTF-8 string pair, §1.5.7)."""
-    body = bytearray()
-    for key, value in pairs:
-        for text in (key, value):
-            raw = text.encode("utf-8")
-            if len(raw) > 65535:
-                raise ValueError("user property longer than 65535 bytes")
-        k, v = key.encode("utf-8"), value.encode("utf-8")
-        body += b"\x26" + len(k).to_bytes(2, "big") + k + len(v).to_bytes(2, "big") + v
-    n = len(body)
-    length = bytearray()
-    while True:
-        digit, n = n % 128, n // 128
-        length.append(digit | (0x80 if n else 0))
-        if not n:
-            break
-    return bytes(length + body)
-
-
-def message_id_property(message_id: str) -> Any:
-    """PUBLISH properties carrying ``message-id``, packed once.
-
-    paho's generic ``Properties`` costs ~150 µs per message (its name tables are rebuilt per instance
-    and ``pack`` reflects over every property name): more than half the time of a QoS 1 publish. paho
-    only checks the type and calls ``pack()``, so a subclass hands it the bytes directly.
-    """
-    return _packed_properties_class()(
-        pack_user_properties([(MESSAGE_ID_PROPERTY, message_id)]), f"[UserProperty: message-id={message_id}]"
-    )
-
-
-@functools.cache
-def _packed_properties_class() -> Any:
-    # Built on first use: paho is imported only by agents that have an mqtt: section.
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    class PackedProperties(Properties):
-        _packed: bytes
-        _shown: str
-
-        def __init__(self, packed: bytes, shown: str) -> None:
-            # Neither super().__init__ (that is the cost) nor its validating __setattr__.
-            object.__setattr__(self, "packetType", PacketTypes.PUBLISH)
-            object.__setattr__(self, "_packed", packed)
-            object.__setattr__(self, "_shown", shown)
-
-        def pack(self) -> bytes:
-            return self._packed
-
-        def isEmpty(self) -> bool:
-            return False
-
-        def __str__(self) -> str:
-            return self._shown
-
-        __repr__ = __str__
-
-    return PackedProperties
 
 
 class PublishRefused(Exception):
@@ -142,6 +77,23 @@ def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _honour_receive_maximum(original: Any, window: int) -> Any:
+    """MQTT 5 §3.2.2.3.3: the broker's CONNACK may limit the unacknowledged QoS 1 PUBLISHes it takes
+    (Receive Maximum; Mosquitto announces its max_inflight_messages, 20 by default, HiveMQ and EMQX
+    their own) and may disconnect a client that sends more (0x93). paho does not apply it by
+    itself: the rest of the window waits in paho's queue and goes out as PUBACKs come back."""
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        limit = getattr(properties, "ReceiveMaximum", None)
+        # The attribute, not the setter: paho refuses a change once connected, for fear of a switch
+        # between 0 (unlimited) and a limit. Here both are limits, and nothing is in flight yet (each
+        # connection is a new client; the birth message goes out after this).
+        client._max_inflight_messages = limit if isinstance(limit, int) and 0 < limit < window else window
+        original(client, userdata, flags, reason, properties)
+
+    return on_connect
+
+
 class MqttLink:
     def __init__(
         self,
@@ -158,10 +110,10 @@ class MqttLink:
         self._sleep = sleep
         self._rand = rand
         self._client: aiomqtt.Client | None = None
-        # Tasks waiting for a PUBACK, and those of them cancelled because the connection died.
-        self._waiting: set[asyncio.Task[Any]] = set()
-        self._cut: set[asyncio.Task[Any]] = set()
-        self._acks: dict[int, asyncio.Future[Any]] = {}  # packet id → the PUBACK's reason code
+        # Packet id → (future of the PUBACK's reason code, loop-time deadline), in publish order. One
+        # timer for all of them (``_expire``) instead of a timeout per message: that cost ~15 µs each.
+        self._acks: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self._expiry: asyncio.TimerHandle | None = None
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -175,7 +127,22 @@ class MqttLink:
         return self._client is not None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="mqtt-link")
+        self.open()
+
+    def open(self) -> None:
+        """Start connecting (in the background: ``wait_connected`` waits for it)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="mqtt-link")
+
+    @property
+    def broker(self) -> str:
+        """How metrics and health name the broker: host:port (never the user or password)."""
+        return f"{self.config.host}:{self.config.port}"
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after the first one."""
+        return max(0, self.connects - 1)
 
     async def wait_connected(self, within: float | None = None) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -224,36 +191,47 @@ class MqttLink:
             raise LinkDown(f"cannot publish: {paho.error_string(info.rc)}")
         if qos == 0 or info.is_published():
             return
-        acked: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._acks[info.mid] = acked
-        task = asyncio.current_task()
-        assert task is not None
-        # Awaited in the caller's own task (no extra task per message: this is the hot path); if the
-        # connection dies meanwhile, ``_down`` cancels the task and the cancellation becomes LinkDown.
-        self._waiting.add(task)
+        loop = asyncio.get_running_loop()
+        acked: asyncio.Future[Any] = loop.create_future()
+        # Failed by ``_down`` at once when the connection dies, by ``_expire`` after publish_timeout.
+        self._acks[info.mid] = (acked, loop.time() + self.config.publish_timeout)
+        if self._expiry is None:
+            self._expiry = loop.call_at(loop.time() + self.config.publish_timeout, self._expire)
         try:
-            async with asyncio.timeout(self.config.publish_timeout):
-                reason = await acked
-        except asyncio.CancelledError:
-            if task not in self._cut:
-                raise
-            self._cut.discard(task)
-            if task.uncancel() > 0:  # cancelled by someone else too: that one wins
-                raise
-            raise LinkDown("connection lost before the broker acknowledged the message") from None
-        except TimeoutError:
-            raise LinkDown(f"no PUBACK within {self.config.publish_timeout:g} s") from None
+            reason = await acked
         finally:
-            self._waiting.discard(task)
             self._acks.pop(info.mid, None)
-        if getattr(reason, "is_failure", False):
+        if reason is not None and getattr(reason, "is_failure", False):
             raise PublishRefused(f"the broker refused the message: {reason} (0x{int(reason.value):02X})")
+
+    def _expire(self) -> None:
+        """Fail the publishes whose PUBACK is overdue; come back at the next deadline."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for mid, (acked, deadline) in list(self._acks.items()):
+            if deadline > now:  # deadlines grow in publish order: the rest are later still
+                self._expiry = loop.call_at(deadline, self._expire)
+                return
+            del self._acks[mid]
+            if not acked.done():
+                acked.set_exception(LinkDown(f"no PUBACK within {self.config.publish_timeout:g} s"))
+
+    def _fail_waiting(self, why: str) -> None:
+        acks = list(self._acks.values())
+        self._acks.clear()  # in place: the PUBACK short-cut holds this dict
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for acked, _ in acks:
+            if not acked.done():
+                acked.set_exception(LinkDown(why))
 
     def _on_publish(self, original: Any) -> Any:
         def on_publish(client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
-            acked = self._acks.pop(mid, None)
-            if acked is not None and not acked.done():
-                acked.set_result(reason)
+            waiter = self._acks.pop(mid, None)
+            if waiter is not None and not waiter[0].done():
+                waiter[0].set_result(reason)
             original(client, userdata, mid, reason, properties)  # aiomqtt's own (birth, offline)
 
         return on_publish
@@ -301,6 +279,9 @@ class MqttLink:
         client.pending_calls_threshold = cfg.in_flight + 16
         client._client.connect_timeout = cfg.connect_timeout
         client._client.on_publish = self._on_publish(client._client.on_publish)
+        client._client.on_connect = _honour_receive_maximum(client._client.on_connect, cfg.in_flight)
+        # On this one paho instance (not the class): see _fast_puback.
+        client._client._handle_pubackcomp = fast_puback(client._client, self._acks)  # type: ignore[method-assign,assignment]
         return client
 
     async def _run(self) -> None:
@@ -355,9 +336,7 @@ class MqttLink:
         was_up = self._client is not None
         self._client = None
         self._up.clear()
-        for task in self._waiting - self._cut:
-            self._cut.add(task)
-            task.cancel()
+        self._fail_waiting("connection lost before the broker acknowledged the message")
         self.last_error = f"broker {self.config.host}:{self.config.port}: {error}"
         if was_up:
             log.warning("mqtt_disconnected", error=self.last_error)

@@ -63,11 +63,15 @@ class MachineView(Protocol):
     def parts_today(self, now: float) -> tuple[str, int]: ...
 
 
+# The retained topics under a machine's root (``events`` is not retained).
+RETAINED_KINDS = ("status", "alarms", "downtime", "parts", "tags")
+
+
 @dataclass(frozen=True)
 class UnsMessage:
     endpoint: str  # STATE_ENDPOINT (retained) or EVENTS_ENDPOINT
     topic: str
-    body: dict[str, Any]
+    body: dict[str, Any] | None  # None: an empty payload (clears the topic's retained message)
     message_id: str
 
 
@@ -162,6 +166,23 @@ class Namespace:
             day, day_total = view.parts_today(now)
             add("parts", {"total": view.part_total, "day": day, "day_total": day_total, "updated_at": at})
         return out
+
+
+def namespace_of(config: PublishConfig | None, agent: str) -> Namespace | None:
+    return Namespace(config, agent) if config is not None else None
+
+
+def clearing(roots: Iterable[str], snapshot_id: str) -> list[UnsMessage]:
+    """Empty retained messages on every retained topic under these roots (machines no longer
+    configured): MQTT 3.1.1 §3.3.1.3 / MQTT 5 §3.3.1.3, a retained PUBLISH with a zero-length payload
+    removes the retained message, so a late subscriber no longer sees a ghost machine."""
+    out: list[UnsMessage] = []
+    for root in sorted(roots):
+        ref = hashlib.sha256(root.encode()).hexdigest()[:16]
+        for kind in RETAINED_KINDS:
+            mid = uns_message_id(f"{snapshot_id}_{ref}", kind)
+            out.append(UnsMessage(STATE_ENDPOINT, f"{root}/{kind}", None, mid))
+    return out
 
 
 def endpoints(config: PublishConfig | None, broker: MqttConfig | None) -> list[MqttEndpoint]:

@@ -130,7 +130,7 @@ def uns_row(m: UnsMessage, event_type: str, machine_id: str | None, event_id: st
         event_type=event_type,
         machine_id=machine_id,
         event_id=event_id,
-        body=encode(m.body),
+        body=b"" if m.body is None else encode(m.body),
         not_before=now,
     )
 

@@ -140,6 +140,8 @@ class Broker:
     acl: str | None = None  # the text of a mosquitto acl_file
     certs: Certs | None = None  # TLS listener
     require_client_cert: bool = False
+    # Its max_inflight_messages, which Mosquitto also announces to MQTT 5 clients as Receive Maximum.
+    max_inflight: int = 0
     proc: asyncio.subprocess.Process | None = None
 
     def _write_config(self) -> Path:
@@ -156,7 +158,7 @@ class Broker:
             "log_type warning",
             # Room for the benchmarks' bursts: the defaults drop QoS 0 and limit QoS 1 queues per client.
             "max_queued_messages 1000000",
-            "max_inflight_messages 0",
+            f"max_inflight_messages {self.max_inflight}",
         ]
         if self.users:
             pw = self.folder / "passwd"

@@ -202,7 +202,7 @@ def test_packed_user_properties_are_byte_identical_to_the_reference_client() -> 
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from agent.mqtt.link import message_id_property, pack_user_properties
+    from agent.mqtt.wire import message_id_property, pack_user_properties
 
     for mid in ("msg_01M8H6NJRQDHBAPNPM9XEB83CS_f96e90fdf963_0", "ü" * 100, "x" * 70):
         ref = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -229,5 +229,79 @@ async def test_a_publish_the_broker_acl_forbids_is_refused_with_mqtt_5(tmp_path:
                 # MQTT 3.1.1 has no way to say no: the broker acknowledges and drops the message.
                 await link.publish("denied/x", b"{}", 1, False, "msg_no")
             await link.stop()
+    finally:
+        await broker.stop()
+
+
+def test_a_puback_is_a_plain_success_only_without_error_code_or_properties() -> None:
+    from agent.mqtt.wire import plain_success
+
+    # MQTT 3.1.1 §3.4: packet id only. MQTT 5 §3.4.2: the reason code may be omitted (success, no
+    # properties); codes below 0x80 are successes (0x10 No matching subscribers); then a property
+    # length, which may be 0.
+    assert plain_success(b"\x00\x07")
+    assert plain_success(b"\x00\x07\x00")
+    assert plain_success(b"\x00\x07\x10")
+    assert plain_success(b"\x00\x07\x10\x00")
+    # Errors and anything carrying properties take paho's full decoding.
+    assert not plain_success(b"\x00\x07\x87")
+    assert not plain_success(b"\x00\x07\x80\x00")
+    assert not plain_success(b"\x00\x07\x00\x03\x1f\x00\x00")
+
+
+async def test_publishes_beyond_the_in_flight_window_go_out_as_acks_free_it(broker: Broker) -> None:
+    # paho holds back what exceeds max_inflight_messages and sends it when a PUBACK frees a slot.
+    link = MqttLink(config(broker.port, in_flight=2))
+    await link.start()
+    assert await link.wait_connected(10)
+    async with subscribe(broker.port, "plant/window/#") as sub:
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(link.publish(f"plant/window/{i}", str(i).encode(), 1, False, f"msg_{i}") for i in range(20))
+            ),
+            10,
+        )
+        seen = await sub.wait_count(20)
+        assert sorted(int(m.payload) for m in seen) == list(range(20))
+    await link.stop()
+
+
+async def test_a_publish_without_puback_fails_after_the_publish_timeout(broker: Broker) -> None:
+    link = MqttLink(config(broker.port, publish_timeout=0.3, keepalive=60))
+    await link.start()
+    assert await link.wait_connected(10)
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)  # takes the bytes, never answers
+    try:
+        first = asyncio.create_task(link.publish("plant/x", b"{}", 1, False, "msg_a"))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(link.publish("plant/y", b"{}", 1, False, "msg_b"))
+        for waiting in (first, second):
+            with pytest.raises(LinkDown, match=r"no PUBACK within 0\.3 s"):
+                await asyncio.wait_for(waiting, 5)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    # The link itself is still up: the next publish is acknowledged.
+    await link.publish("plant/z", b"{}", 1, False, "msg_c")
+    await link.stop()
+
+
+async def test_no_more_unacknowledged_publishes_than_the_brokers_receive_maximum(tmp_path: Path) -> None:
+    # MQTT 5 §3.2.2.3.3 / §4.9: the client must not exceed the Receive Maximum of the CONNACK;
+    # Mosquitto announces its max_inflight_messages as such.
+    broker = await Broker(tmp_path / "broker", max_inflight=5).start()
+    try:
+        link = MqttLink(config(broker.port, in_flight=64))
+        await link.start()
+        assert await link.wait_connected(10)
+        sending = [
+            asyncio.create_task(link.publish(f"plant/rm/{i}", b"{}", 1, False, f"msg_{i}")) for i in range(20)
+        ]
+        await asyncio.sleep(0)  # every publish has been handed to the client, no PUBACK read yet
+        assert link._client is not None
+        paho_client = link._client._client
+        assert paho_client._inflight_messages == 5 and len(paho_client._out_messages) == 20
+        await asyncio.wait_for(asyncio.gather(*sending), 10)  # the rest follow as PUBACKs free slots
+        await link.stop()
     finally:
         await broker.stop()

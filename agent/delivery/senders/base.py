@@ -55,3 +55,7 @@ class Sender(Protocol):
 
     async def close(self) -> None:
         """Release what ``start`` opened; called once when the dispatcher stops."""
+
+    # Optional ``configure(destinations: list[Destination]) -> None`` (sync): the destinations of
+    # this kind configured now, at start and after every reload (MQTT opens the link of each broker
+    # in use and closes the others); read with getattr by ``attempt.py``.

@@ -13,8 +13,10 @@ only ``delivery.max_age`` ends them.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections.abc import Sequence
 
 from agent.delivery.records import Delivery
 from agent.delivery.senders.base import Destination, SendOutcome
@@ -34,15 +36,35 @@ class MqttSender:
     def __init__(self, config: DeliveryConfig) -> None:
         self.config = config
         self._links: dict[MqttConfig, MqttLink] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Nothing to open yet: a link opens for a broker when its first row arrives."""
+        """Nothing to open yet: ``configure`` names the brokers."""
+
+    def configure(self, destinations: Sequence[Destination]) -> None:
+        """The brokers the configured destinations use: a link opens now for each new one (birth
+        message and link state from the start, not at the first row) and the link of a broker no
+        longer used closes (``offline``), so an ``mqtt:`` change applies at a reload. Rows waiting
+        for a PUBACK on a closing link fail as ``LinkDown`` and are sent again on the new one."""
+        brokers = {d.broker for d in destinations if isinstance(d, MqttEndpoint) and d.broker is not None}
+        for broker in brokers - set(self._links):
+            self._open(broker)
+        for broker in set(self._links) - brokers:
+            task = asyncio.create_task(self._links.pop(broker).stop(), name="mqtt-link-close")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    def _open(self, broker: MqttConfig) -> MqttLink:
+        link = self._links[broker] = MqttLink(broker)
+        link.open()
+        return link
+
+    def links(self) -> list[MqttLink]:
+        """The open links, for metrics and health."""
+        return list(self._links.values())
 
     async def link(self, broker: MqttConfig) -> MqttLink:
-        link = self._links.get(broker)
-        if link is None:
-            link = self._links[broker] = MqttLink(broker)
-            await link.start()
+        link = self._links.get(broker) or self._open(broker)
         if link.connects == 0:
             # Rows that arrive before the first connect wait for it instead of being throttled.
             await link.wait_connected(broker.connect_timeout)
@@ -72,6 +94,8 @@ class MqttSender:
         links, self._links = self._links, {}
         for link in links.values():
             await link.stop()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 def create(config: DeliveryConfig) -> MqttSender:
