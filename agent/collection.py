@@ -33,6 +33,9 @@ def build_driver(machine: MachineConfig) -> Driver:
 class MachineRun:
     config: MachineConfig
     collector: Any
+    # Looked up when the machine starts (the runtime starts machines in slices), not on the first
+    # tick: creating 6,000 labelled children in one tick at 2,000 machines held the loop 0.15 s.
+    series: PollSeries
     polls_seen: int = 0
     errors_seen: int = 0
     overruns_seen: int = 0
@@ -41,7 +44,6 @@ class MachineRun:
     # prometheus child per poll (a lock and a dict lookup) showed up in the poll path's profile.
     good: int = 0
     bad: int = 0
-    series: PollSeries | None = None
 
 
 class Collection:
@@ -69,7 +71,7 @@ class Collection:
             subscribe=machine.subscribes,
             tags=tuple(machine.connection.tag_names),
         )
-        self.runs[machine.id] = MachineRun(machine, collector)
+        self.runs[machine.id] = MachineRun(machine, collector, self._metrics.poll_series(machine.id))
         self._supervisor.start(f"collect:{machine.id}", collector.run)
 
     async def stop(self, machine_id: str) -> None:
@@ -101,8 +103,6 @@ class Collection:
         metrics = self._metrics
         for mid, run in self.runs.items():
             series = run.series
-            if series is None:
-                series = run.series = metrics.poll_series(mid)
             if run.good:
                 series.good.inc(run.good)
                 run.good = 0
