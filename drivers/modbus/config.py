@@ -122,16 +122,21 @@ def _tag_key(name: str, data: Any, default_unit: int) -> tuple[Any, ...] | None:
     """
     if not isinstance(data, dict):
         return None
-    parts: list[Any] = [name, default_unit]
-    for k, v in data.items():
-        if isinstance(v, dict):  # map: {raw value: word}
-            v = tuple((mk, type(mv), mv) for mk, mv in v.items())
-        parts.append((k, type(v), v))
-    key = tuple(parts)
+    values = tuple(data.values())
+    key: tuple[Any, ...] = (name, default_unit, tuple(data), values, tuple(map(type, values)))
     try:
         hash(key)
-    except TypeError:  # a list or a mapping where a scalar belongs: the reader says where
-        return None
+    except TypeError:  # a map: {raw value: word}; or a list or mapping where a scalar belongs
+        parts: list[Any] = [name, default_unit]
+        for k, v in data.items():
+            if isinstance(v, dict):
+                v = tuple((mk, type(mv), mv) for mk, mv in v.items())
+            parts.append((k, type(v), v))
+        key = tuple(parts)
+        try:
+            hash(key)
+        except TypeError:  # the reader says where
+            return None
     return key
 
 
