@@ -85,13 +85,17 @@ def _node(get: Any) -> Any:
     """One whole node (the document's root), read without recursion."""
     # One frame per open collection: [container, pending key (or _NO_KEY), line of that key].
     frames: list[list[Any]] = []
+    plain = _plain  # looked up once: this loop runs ~130 times per machine file
     while True:
         event = get()
         kind = type(event)
         if kind is yaml.ScalarEvent:
             if event.anchor is not None or event.tag is not None:
                 raise Unusual("anchor or tag")
-            value: Any = _plain_value(event.value) if event.implicit[0] else event.value
+            value: Any = event.value
+            if event.implicit[0]:  # plain: its text decides its type
+                known = plain.get(value, _NO_KEY)
+                value = _plain_value(value) if known is _NO_KEY else known
             opens = False
         elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
             if event.anchor is not None or event.tag is not None:
@@ -119,7 +123,7 @@ def _node(get: Any) -> Any:
                 container.append(value)
                 container.item_lines.append(line)
             elif frame[1] is _NO_KEY:
-                frame[1] = _key(value, container)
+                frame[1] = value if type(value) is str and value not in container else _key(value, container)
                 frame[2] = line
             else:
                 container[frame[1]] = value
