@@ -3,6 +3,7 @@ are counted and handed on. The protocol library is imported only when a machine 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -12,6 +13,11 @@ from agent.config.machines import MachineConfig
 from agent.metrics import Metrics, PollSeries
 from agent.supervisor import Supervisor
 from drivers.base import Driver, Quality, Sample
+
+# Collectors built per loop turn (~12 ms of building at 2,000 machines), and the time over which the
+# slices are spread: what the first connects of 2,000 machines cost is then spread as well.
+START_SLICE = 100
+START_SPREAD_SECONDS = 1.0
 
 
 def build_driver(machine: MachineConfig) -> Driver:
@@ -73,6 +79,23 @@ class Collection:
         )
         self.runs[machine.id] = MachineRun(machine, collector, self._metrics.poll_series(machine.id))
         self._supervisor.start(f"collect:{machine.id}", collector.run)
+
+    async def start_all(self, machines: Sequence[MachineConfig], stopping: asyncio.Event) -> None:
+        """Every machine not yet collecting, in slices of ``START_SLICE`` spread over
+        ``START_SPREAD_SECONDS``; none after ``stopping`` is set.
+
+        At 2,000 machines, building all collectors in one go held the loop 0.23 s, and their 2,000
+        first connects, all ready in the next loop turn, another 0.21 s: the ``event_loop_stalled``
+        right after READY. Slices alone only moved the storm (each turn then ran the connects of
+        every earlier slice); spread over a second, each slice is connected before the next starts,
+        while the API, the ticker and the machines already polling keep running.
+        """
+        pause = START_SPREAD_SECONDS * START_SLICE / len(machines) if len(machines) > START_SLICE else 0.0
+        for i, machine in enumerate(machines):
+            if i and i % START_SLICE == 0:
+                await asyncio.sleep(pause)
+            if machine.id not in self.runs and not stopping.is_set():
+                self.start(machine)
 
     async def stop(self, machine_id: str) -> None:
         await self._supervisor.stop(f"collect:{machine_id}")

@@ -35,10 +35,6 @@ log = structlog.get_logger(__name__)
 
 STATE_FILE = "state.sqlite3"
 TICK_SECONDS = 1.0
-# Collectors built per loop turn after READY (~12 ms of building at 2,000 machines), and the time over
-# which the slices are spread: what the first connects of 2,000 machines cost is then spread as well.
-START_SLICE = 100
-START_SPREAD_SECONDS = 1.0
 # counts() scans the outbox table (0.1-0.2 s at a million rows, off the loop): not every tick.
 OUTBOX_COUNTS_SECONDS = 10.0
 
@@ -111,27 +107,10 @@ class Runtime:
         )
         # After READY (config, outbox, state and API are up): building 500 drivers took half of the
         # start, and connecting goes on in the background anyway.
-        await self._start_collectors(cfg.machines)
+        async with self._reload_lock:  # a reload decides what to start from what runs: after the last slice
+            await self.collection.start_all(cfg.machines, self.stopping)
         self.gc_pauses.install()  # and freezes what lives as long as the process
         asyncio.get_running_loop().call_later(GC_SETTLE_SECONDS, self.gc_pauses.settle)
-
-    async def _start_collectors(self, machines: Sequence[MachineConfig]) -> None:
-        """Every machine's collector, in slices of ``START_SLICE`` spread over ``START_SPREAD_SECONDS``.
-
-        At 2,000 machines, building all collectors in one go held the loop 0.23 s, and their 2,000
-        first connects, all ready in the next loop turn, another 0.21 s: the ``event_loop_stalled``
-        right after READY. Slices alone only moved the storm (each turn then ran the connects of
-        every earlier slice); spread over a second, each slice is connected before the next starts,
-        while the API, the ticker and the machines already polling keep running. A reload waits for
-        the last slice (it decides which machines to start from what runs).
-        """
-        pause = START_SPREAD_SECONDS * START_SLICE / len(machines) if len(machines) > START_SLICE else 0.0
-        async with self._reload_lock:
-            for i, machine in enumerate(machines):
-                if i and i % START_SLICE == 0:
-                    await asyncio.sleep(pause)
-                if machine.id not in self.collection and not self.stopping.is_set():
-                    self.collection.start(machine)
 
     async def _open_files(self) -> None:
         from agent.delivery.outbox import Outbox

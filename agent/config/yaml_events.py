@@ -98,15 +98,7 @@ def _node(get: Any) -> Any:
                 value = _plain_value(value) if known is _NO_KEY else known
             opens = False
         elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
-            if event.anchor is not None or event.tag is not None:
-                raise Unusual("anchor or tag")
-            if kind is yaml.MappingStartEvent:
-                value = LineDict()
-                value.key_lines = {}
-            else:
-                value = LineList()
-                value.item_lines = []
-            value.line = event.start_mark.line + 1
+            value = _collection(event)
             opens = True
         elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
             done = frames.pop()[0]
@@ -135,6 +127,21 @@ def _node(get: Any) -> Any:
             frames.append([value, _NO_KEY, 0])
         elif not frames:
             return value  # the document is one scalar
+
+
+def _collection(event: Any) -> LineDict | LineList:
+    """The empty mapping or list a start event opens, with its line."""
+    if event.anchor is not None or event.tag is not None:
+        raise Unusual("anchor or tag")
+    out: LineDict | LineList
+    if type(event) is yaml.MappingStartEvent:
+        out = LineDict()
+        out.key_lines = {}
+    else:
+        out = LineList()
+        out.item_lines = []
+    out.line = event.start_mark.line + 1
+    return out
 
 
 def _key(value: Any, mapping: LineDict) -> str:

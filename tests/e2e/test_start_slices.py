@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import runtime as runtime_module
+from agent import collection
 from agent.config.agent_file import load_config
 from agent.runtime import Runtime
 from simulators.modbus_server import machines_for, start_modbus_server
@@ -21,8 +21,8 @@ SLICE = 10  # three slices: 10, 10 and 5 machines
 async def test_collectors_start_after_ready_in_slices_and_every_machine_is_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime_module, "START_SLICE", SLICE)
-    monkeypatch.setattr(runtime_module, "START_SPREAD_SECONDS", 0.3)
+    monkeypatch.setattr(collection, "START_SLICE", SLICE)
+    monkeypatch.setattr(collection, "START_SPREAD_SECONDS", 0.3)
     ids = [f"m{i:02d}" for i in range(MACHINES)]
     sim = await start_modbus_server(machines_for(ids))
     machines = {mid: modbus_machine(mid, mid, "Bench", sim.port, unit) for unit, mid in enumerate(ids, 1)}
@@ -61,8 +61,8 @@ async def test_collectors_start_after_ready_in_slices_and_every_machine_is_read(
 async def test_a_machine_removed_by_a_reload_during_the_start_is_not_started_afterwards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime_module, "START_SLICE", SLICE)
-    monkeypatch.setattr(runtime_module, "START_SPREAD_SECONDS", 0.3)
+    monkeypatch.setattr(collection, "START_SLICE", SLICE)
+    monkeypatch.setattr(collection, "START_SPREAD_SECONDS", 0.3)
     ids = [f"m{i:02d}" for i in range(MACHINES)]
     sim = await start_modbus_server(machines_for(ids))
     machines = {mid: modbus_machine(mid, mid, "Bench", sim.port, unit) for unit, mid in enumerate(ids, 1)}
