@@ -110,14 +110,13 @@ def _node(get: Any) -> Any:
         if frames:
             frame = frames[-1]
             container = frame[0]
-            line = event.start_mark.line + 1
             if type(container) is LineList:
                 container.append(value)
-                container.item_lines.append(line)
+                container.item_lines.append(event.start_mark.line + 1)
             elif frame[1] is _NO_KEY:
                 frame[1] = value if type(value) is str and value not in container else _key(value, container)
-                frame[2] = line
-            else:
+                frame[2] = event.start_mark.line + 1
+            else:  # a value: its key holds the line
                 container[frame[1]] = value
                 container.key_lines[frame[1]] = frame[2]
                 frame[1] = _NO_KEY
