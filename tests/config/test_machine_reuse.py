@@ -80,3 +80,23 @@ def test_an_unknown_key_beside_reused_rules_is_still_reported(tmp_path: Path) ->
     machines, problems = load(tmp_path, {"a.yaml": machine("a"), "b.yaml": machine("b") + "statsu: {}\n"})
     assert [m.id for m in machines] == ["a"]
     assert len(problems) == 1 and problems[0].startswith("machines/b.yaml:9: statsu: unknown key")
+
+
+def test_an_error_in_a_profile_provided_key_names_each_files_own_profile_line(tmp_path: Path) -> None:
+    # `program` is a string of 32 characters in modbus-sim; made a uint16 here, the profile's
+    # `length` no longer fits. That key comes from the profile: it is named at the `profile:` line.
+    override = "tags:\n  program: {type: uint16}\n"
+    machines, problems = load(
+        tmp_path,
+        {
+            "a.yaml": "id: a\nprofile: modbus-sim\nmodbus: {host: h}\n" + override,
+            "b.yaml": "id: b\n# the profile\n# comes later here\nprofile: modbus-sim\nmodbus: {host: h}\n"
+            + override,
+            "c.yaml": "id: c\nprofile: modbus-sim\nmodbus: {host: h}\n",
+        },
+    )
+    assert [m.id for m in machines] == ["c"]
+    assert problems == [
+        "machines/a.yaml:2: tags.program.length: only a string has a length",
+        "machines/b.yaml:4: tags.program.length: only a string has a length",
+    ]
