@@ -1,7 +1,7 @@
 """The daemon: collection, derivation + workflows, delivery and the local API on one event loop.
 
 Start order: outbox and derived state first (nothing is collected that could not be kept), then the
-dispatcher, the API, and the collectors last, just after ``READY=1`` (sent once the configuration is
+dispatcher, the API, and the collectors last, in slices after ``READY=1`` (sent once the configuration is
 loaded, the outbox and the state store are open and the API listens). Stop order is the reverse.
 """
 
