@@ -3,6 +3,7 @@ are counted and handed on. The protocol library is imported only when a machine 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -12,6 +13,11 @@ from agent.config.machines import MachineConfig
 from agent.metrics import Metrics, PollSeries
 from agent.supervisor import Supervisor
 from drivers.base import Driver, Quality, Sample
+
+# Collectors built per loop turn (~12 ms of building at 2,000 machines), and the time over which the
+# slices are spread: what the first connects of 2,000 machines cost is then spread as well.
+START_SLICE = 100
+START_SPREAD_SECONDS = 1.0
 
 
 def build_driver(machine: MachineConfig, modbus_links: Any = None) -> Driver:
@@ -36,6 +42,9 @@ def build_driver(machine: MachineConfig, modbus_links: Any = None) -> Driver:
 class MachineRun:
     config: MachineConfig
     collector: Any
+    # Looked up when the machine starts (the runtime starts machines in slices), not on the first
+    # tick: creating 6,000 labelled children in one tick at 2,000 machines held the loop 0.15 s.
+    series: PollSeries
     polls_seen: int = 0
     errors_seen: int = 0
     overruns_seen: int = 0
@@ -44,7 +53,6 @@ class MachineRun:
     # prometheus child per poll (a lock and a dict lookup) showed up in the poll path's profile.
     good: int = 0
     bad: int = 0
-    series: PollSeries | None = None
 
 
 class Collection:
@@ -79,8 +87,25 @@ class Collection:
             subscribe=machine.subscribes,
             tags=tuple(machine.connection.tag_names),
         )
-        self.runs[machine.id] = MachineRun(machine, collector)
+        self.runs[machine.id] = MachineRun(machine, collector, self._metrics.poll_series(machine.id))
         self._supervisor.start(f"collect:{machine.id}", collector.run)
+
+    async def start_all(self, machines: Sequence[MachineConfig], stopping: asyncio.Event) -> None:
+        """Every machine not yet collecting, in slices of ``START_SLICE`` spread over
+        ``START_SPREAD_SECONDS``; none after ``stopping`` is set.
+
+        At 2,000 machines, building all collectors in one go held the loop 0.23 s, and their 2,000
+        first connects, all ready in the next loop turn, another 0.21 s: the ``event_loop_stalled``
+        right after READY. Slices alone only moved the storm (each turn then ran the connects of
+        every earlier slice); spread over a second, each slice is connected before the next starts,
+        while the API, the ticker and the machines already polling keep running.
+        """
+        pause = START_SPREAD_SECONDS * START_SLICE / len(machines) if len(machines) > START_SLICE else 0.0
+        for i, machine in enumerate(machines):
+            if i and i % START_SLICE == 0:
+                await asyncio.sleep(pause)
+            if machine.id not in self.runs and not stopping.is_set():
+                self.start(machine)
 
     async def stop(self, machine_id: str) -> None:
         await self._supervisor.stop(f"collect:{machine_id}")
@@ -111,8 +136,6 @@ class Collection:
         metrics = self._metrics
         for mid, run in self.runs.items():
             series = run.series
-            if series is None:
-                series = run.series = metrics.poll_series(mid)
             if run.good:
                 series.good.inc(run.good)
                 run.good = 0

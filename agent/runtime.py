@@ -1,7 +1,7 @@
 """The daemon: collection, derivation + workflows, delivery and the local API on one event loop.
 
 Start order: outbox and derived state first (nothing is collected that could not be kept), then the
-dispatcher, the API, and the collectors last, just after ``READY=1`` (sent once the configuration is
+dispatcher, the API, and the collectors last, in slices after ``READY=1`` (sent once the configuration is
 loaded, the outbox and the state store are open and the API listens). Stop order is the reverse.
 """
 
@@ -108,8 +108,8 @@ class Runtime:
         )
         # After READY (config, outbox, state and API are up): building 500 drivers took half of the
         # start, and connecting goes on in the background anyway.
-        for machine in cfg.machines:
-            self.collection.start(machine)
+        async with self._reload_lock:  # a reload decides what to start from what runs: after the last slice
+            await self.collection.start_all(cfg.machines, self.stopping)
         self.gc_pauses.install()  # and freezes what lives as long as the process
         asyncio.get_running_loop().call_later(GC_SETTLE_SECONDS, self.gc_pauses.settle)
 

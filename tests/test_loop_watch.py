@@ -7,7 +7,7 @@ import asyncio
 import gc
 import time
 
-from agent.loop_watch import GcPauses, LoopLag
+from agent.loop_watch import GcPauses, LoopLag, start_without_gc
 
 
 async def test_a_callback_that_blocks_the_loop_is_measured_as_lag() -> None:
@@ -34,3 +34,16 @@ def test_a_full_collection_is_reported_with_its_generation() -> None:
     assert any(g == 2 for g, _ in seen) and pauses.worst > 0
     gc.collect()
     assert len([g for g, _ in seen if g == 2]) == 1, "removed: no more reports"
+
+
+def test_edge_agent_run_starts_without_the_collector_and_the_runtime_turns_it_back_on() -> None:
+    pauses = GcPauses()
+    start_without_gc()
+    try:
+        assert not gc.isenabled()
+        pauses.install()  # what Runtime.start does once READY is sent
+        assert gc.isenabled()
+    finally:
+        pauses.remove()
+        gc.unfreeze()
+        gc.enable()

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import structlog
 
     from agent.logs import configure
+    from agent.loop_watch import start_without_gc
     from agent.notify import Notifier
     from agent.runtime import Runtime
     from agent.state_lock import StateDirInUse
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     # Outside systemd (which sets UMask=0077) the databases and their -wal/-shm files would be
     # world-readable; their bodies hold operator names and notes.
     os.umask(0o077)
+    start_without_gc()
     config = load_config_or_exit(args)
     problem = state_dir_writable_problem(config.agent.state_dir)
     if problem:

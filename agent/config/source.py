@@ -17,7 +17,10 @@ from typing import Any, TypeVar, cast
 
 import yaml
 
+from agent.config import yaml_events
 from agent.config.interpolate import interpolate
+from agent.config.yaml_events import LineDict as LineDict  # re-exported: parsers import them from here
+from agent.config.yaml_events import LineList as LineList
 
 T = TypeVar("T")
 
@@ -57,18 +60,6 @@ class Problems:
         return bool(self.items)
 
 
-class LineDict(dict[str, Any]):
-    """A mapping from YAML that knows the line of itself and of each of its keys (1-based)."""
-
-    line: int | None = None
-    key_lines: dict[str, int]
-
-
-class LineList(list[Any]):
-    line: int | None = None
-    item_lines: list[int]
-
-
 class _Loader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -94,17 +85,22 @@ def _construct_str(loader: _Loader, node: yaml.ScalarNode) -> Any:
     return loader.construct_object(yaml.ScalarNode(tag, text, node.start_mark, node.end_mark))
 
 
-# libyaml's parser (when PyYAML was built with it) reads a file ~10x faster: 500 machine files took
-# most of a second of the start. Same constructors, same line marks. Its recursion is C with no
-# limit, so deeply nested flow collections, and anything a YAML error was found in (for the exact
-# message), go to the pure-Python loader.
+# libyaml's parser (when PyYAML was built with it) reads a file ~10x faster than the pure one, and
+# yaml_events builds the tree from its events without PyYAML's composer and constructors (another
+# ~3x: 2,000 machine files took 1.4 s of CPU that way, 0.5 s now). Files that use more of YAML than
+# plain mappings, lists and scalars go through libyaml with PyYAML's constructors. Same line marks
+# either way. libyaml's recursion is C with no limit, so deeply nested flow collections, and
+# anything a YAML error was found in (for the exact message), go to the pure-Python loader.
 _FastLoader: type[Any] | None = None
+_FastParser: type[Any] | None = None
 if getattr(yaml, "__with_libyaml__", False):
+    from yaml._yaml import CParser
 
     class _CLoader(yaml.CSafeLoader):  # type: ignore[misc, name-defined, unused-ignore]
         pass
 
     _FastLoader = _CLoader
+    _FastParser = CParser
 _FAST_MAX_FLOW = 100
 
 
@@ -183,10 +179,15 @@ def decode_utf8(raw: bytes, name: str, problems: Problems) -> str | None:
 
 def parse_yaml(text: str, name: str, problems: Problems) -> Any:
     # The fast loader has no ${...} interpolation: a file that may use it goes to the pure loader.
-    if _FastLoader is not None and "$" not in text and text.count("[") + text.count("{") < _FAST_MAX_FLOW:
+    if _FastParser is not None and "$" not in text and text.count("[") + text.count("{") < _FAST_MAX_FLOW:
         try:
-            return yaml.load(text, Loader=_FastLoader)  # derives from CSafeLoader
-        except Exception:  # the pure loader below reads it again and says why
+            return yaml_events.read(text, _FastParser)
+        except yaml_events.Unusual:  # anchors, tags, merge keys, ...: PyYAML's constructors build them
+            try:
+                return yaml.load(text, Loader=cast(type[yaml.SafeLoader], _FastLoader))  # a CSafeLoader
+            except Exception:  # the pure loader below reads it again and says why
+                pass
+        except Exception:  # a YAML error: the pure loader below reads it again and says why
             pass
     loader: _Loader | None = None
     try:

@@ -93,3 +93,50 @@ def test_no_tags_is_an_error() -> None:
     _, problems = modbus_config_problems("modbus: {host: 127.0.0.1}\ntags: {}\n")
     assert len(problems) == 1
     assert "tags: no tags" in problems[0]
+
+
+# A plant's machine files repeat the same tag definitions; a definition that read without a problem
+# is reused for the next file. These say what that reuse must never change.
+
+
+def test_a_tag_repeated_in_another_file_with_a_mistake_is_reported_in_that_file() -> None:
+    good = "modbus: {host: 127.0.0.1}\ntags:\n  rpm: {table: holding, address: 4, type: float32}\n"
+    modbus_config(good, file="machines/a.yaml")
+    _, problems = modbus_config_problems(
+        "modbus: {host: 127.0.0.1}\ntags:\n  rpm: {table: holding, address: 4, type: float32, scael: 2}\n",
+        file="machines/b.yaml",
+    )
+    assert problems == [
+        "machines/b.yaml:3: tags.rpm.scael: unknown key; known keys here: address, bit, byte_order, "
+        "length, map, offset, precision, scale, table, type, unit"
+    ]
+
+
+def test_the_same_broken_tag_in_two_files_is_reported_in_each_with_its_own_line() -> None:
+    broken = "tags:\n  rpm: {table: holding, address: 4, type: float}\n"
+    _, first = modbus_config_problems("modbus: {host: h}\n" + broken, file="machines/a.yaml")
+    _, second = modbus_config_problems("modbus: {host: h}\n# a comment\n" + broken, file="machines/b.yaml")
+    assert [p.split(": tags.")[0] for p in first + second] == ["machines/a.yaml:3", "machines/b.yaml:4"]
+
+
+def test_a_value_equal_in_python_but_not_in_yaml_is_not_taken_for_the_reused_one() -> None:
+    # 1, 1.0 and true are the same dict key in Python; only the first is an address.
+    modbus_config("modbus: {host: h}\ntags:\n  door: {table: coil, address: 1}\n")
+    for wrong, shown in (("1.0", "1.0"), ("true", "True")):
+        _, problems = modbus_config_problems(
+            f"modbus: {{host: h}}\ntags:\n  door: {{table: coil, address: {wrong}}}\n"
+        )
+        assert problems == [f"machines/m1.yaml:3: tags.door.address: expected an integer, got {shown}"]
+
+
+def test_a_reused_tag_takes_the_unit_of_the_machine_that_reads_it() -> None:
+    tags = "tags:\n  rpm: {table: holding, address: 4}\n"
+    three = modbus_config("modbus: {host: h, unit: 3}\n" + tags)
+    five = modbus_config("modbus: {host: h, unit: 5}\n" + tags)
+    assert (three.tags[0].unit, five.tags[0].unit) == (3, 5)
+
+
+def test_a_tag_of_the_same_values_under_another_name_keeps_its_own_name() -> None:
+    first = modbus_config("modbus: {host: h}\ntags:\n  rpm: {table: holding, address: 4}\n")
+    second = modbus_config("modbus: {host: h}\ntags:\n  speed: {table: holding, address: 4}\n")
+    assert (first.tag_names, second.tag_names) == (("rpm",), ("speed",))
