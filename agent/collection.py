@@ -4,7 +4,7 @@ are counted and handed on. The protocol library is imported only when a machine 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -130,11 +130,15 @@ class Collection:
 
         return sink
 
-    def observe_polls(self) -> None:
+    def observe_polls(self, machine_ids: Iterable[str] | None = None) -> None:
         """Readings, poll durations, lags, errors, overruns and missed ticks since the last call,
-        into the metrics (the ticker calls this once a second)."""
+        into the metrics (the ticker calls this once a second, for a slice of the machines at a time)."""
         metrics = self._metrics
-        for mid, run in self.runs.items():
+        runs = self.runs
+        for mid in list(runs) if machine_ids is None else machine_ids:
+            run = runs.get(mid)
+            if run is None:
+                continue
             series = run.series
             if run.good:
                 series.good.inc(run.good)

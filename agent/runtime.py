@@ -38,6 +38,18 @@ STATE_FILE = "state.sqlite3"
 TICK_SECONDS = 1.0
 # counts() scans the outbox table (0.1-0.2 s at a million rows, off the loop): not every tick.
 OUTBOX_COUNTS_SECONDS = 10.0
+# Machines whose tiles or metrics the tick updates in one loop turn. For all of them at once it was
+# one turn of 50 ms (metrics) and 22 ms (tiles) at 3,500 machines, every second: the polls due in it
+# were that late.
+MACHINE_SLICE = 500
+
+
+async def in_slices(machines: Sequence[str], work: Callable[[Sequence[str]], None]) -> None:
+    """``work`` on ``MACHINE_SLICE`` machines per loop turn."""
+    for first in range(0, len(machines), MACHINE_SLICE):
+        if first:
+            await asyncio.sleep(0)
+        work(machines[first : first + MACHINE_SLICE])
 
 
 class Runtime:
@@ -249,16 +261,20 @@ class Runtime:
                 await self.pipeline.tick()
             except Exception as exc:
                 log.error("tick_failed", error=repr(exc))
+            # Each phase walks every machine: at thousands of machines one turn for all of them held
+            # polls back by 100 ms and more. A turn of the loop between phases lets due polls run.
+            await asyncio.sleep(0)
             try:
                 await self.pipeline.publish_tags()
             except Exception as exc:
                 log.error("tag_publishing_failed", error=repr(exc))
-            if self.feed is not None:
-                self.feed.observe_all()  # timers, and categorizations made through the JSON API
+            if self.feed is not None:  # timers, and categorizations made through the JSON API
+                await in_slices(list(self.pipeline.machines), self.feed.observe_all)
+                await asyncio.sleep(0)
             if loop.time() - self._counts_at >= OUTBOX_COUNTS_SECONDS:
                 self._counts_at = loop.time()
                 await self._refresh_outbox_counts()
-            self.update_metrics()
+            await self._update_metrics_in_slices()
             self.notifier.status(self.status_line())
 
     async def _refresh_outbox_counts(self) -> None:
@@ -269,6 +285,27 @@ class Runtime:
             self._disk_error = f"{type(exc).__name__}: {exc}"
 
     def update_metrics(self) -> None:
+        self._machine_metrics(list(self.pipeline.derivers))
+        self._agent_metrics()
+
+    async def _update_metrics_in_slices(self) -> None:
+        """What ``update_metrics`` does, a slice of machines per loop turn."""
+        await in_slices(list(self.pipeline.derivers), self._machine_metrics)
+        self._agent_metrics()
+
+    def _machine_metrics(self, machines: Sequence[str]) -> None:
+        derivers = self.pipeline.derivers
+        for mid in machines:
+            d = derivers.get(mid)
+            if d is None:  # removed by a reload between two slices
+                continue
+            unreadable = d.status in ("DISCONNECTED", "BAD")
+            self.metrics.set_unreadable(
+                mid, d.status if unreadable else None, d.status_reason, d.status_since if unreadable else None
+            )
+        self.collection.observe_polls(machines)
+
+    def _agent_metrics(self) -> None:
         # A machine without a status yet is in no series (not status="None").
         statuses = Counter(d.status for d in self.pipeline.derivers.values() if d.status is not None)
         self.metrics.set_machine_statuses(statuses)
@@ -276,12 +313,6 @@ class Runtime:
             self.pipeline.pending,
             {"memory_full": self.pipeline.rejected, "stopped": self.pipeline.discarded},
         )
-        for mid, d in self.pipeline.derivers.items():
-            unreadable = d.status in ("DISCONNECTED", "BAD")
-            self.metrics.set_unreadable(
-                mid, d.status if unreadable else None, d.status_reason, d.status_since if unreadable else None
-            )
-        self.collection.observe_polls()
         self.metrics.set_mqtt_links((ln.broker, ln.connected, ln.reconnects) for ln in self.mqtt_links())
         c = self._outbox_counts
         if c is not None:

@@ -9,7 +9,7 @@ a subscriber keeps only the newest tile of each machine (and tag set of its mach
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,15 +99,16 @@ class LiveFeed:
             sub.tiles[machine_id] = tile
             self._wake(sub)
 
-    def observe_all(self) -> None:
-        """After a tick (timers, categorizations from the API, reloads): compare every machine."""
+    def observe_all(self, machine_ids: Iterable[str] | None = None) -> None:
+        """After a tick (timers, categorizations from the API, reloads): compare every machine, or
+        those of ``machine_ids`` (the tick goes through them a slice per loop turn)."""
         known = self._machines()
         for mid in list(self._tiles):
             if mid not in known:  # removed by a reload
                 del self._tiles[mid]
                 self._tags.pop(mid, None)
                 self._version.pop(mid, None)
-        for mid in known:
+        for mid in list(known) if machine_ids is None else machine_ids:
             self.observe(mid)
 
     # -- read by the panel
