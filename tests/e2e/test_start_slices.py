@@ -11,23 +11,30 @@ import pytest
 from agent import collection
 from agent.config.agent_file import load_config
 from agent.runtime import Runtime
-from simulators.modbus_server import machines_for, start_modbus_server
+from simulators.modbus_server import ModbusSimulator, machines_for, start_modbus_server
 from tests.e2e.conftest import modbus_machine, watch, with_api_port, write_config
 
 MACHINES = 25
 SLICE = 10  # three slices: 10, 10 and 5 machines
 
 
-async def test_collectors_start_after_ready_in_slices_and_every_machine_is_read(
+async def sliced_rig(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[list[str], ModbusSimulator, Runtime]:
+    """25 machines on the simulator, started 10 per slice over 0.3 s; the runtime is not started."""
     monkeypatch.setattr(collection, "START_SLICE", SLICE)
     monkeypatch.setattr(collection, "START_SPREAD_SECONDS", 0.3)
     ids = [f"m{i:02d}" for i in range(MACHINES)]
     sim = await start_modbus_server(machines_for(ids))
     machines = {mid: modbus_machine(mid, mid, "Bench", sim.port, unit) for unit, mid in enumerate(ids, 1)}
     path = write_config(tmp_path, machines, {})
-    runtime = Runtime(with_api_port(load_config(path), 0), config_path=path)
+    return ids, sim, Runtime(with_api_port(load_config(path), 0), config_path=path)
+
+
+async def test_collectors_start_after_ready_in_slices_and_every_machine_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids, sim, runtime = await sliced_rig(tmp_path, monkeypatch)
     started_at_ready: list[int] = []
     runtime.notifier.ready = lambda line: started_at_ready.append(len(runtime.collection.runs))  # type: ignore[method-assign]
     seen: list[int] = []
@@ -61,13 +68,7 @@ async def test_collectors_start_after_ready_in_slices_and_every_machine_is_read(
 async def test_a_machine_removed_by_a_reload_during_the_start_is_not_started_afterwards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(collection, "START_SLICE", SLICE)
-    monkeypatch.setattr(collection, "START_SPREAD_SECONDS", 0.3)
-    ids = [f"m{i:02d}" for i in range(MACHINES)]
-    sim = await start_modbus_server(machines_for(ids))
-    machines = {mid: modbus_machine(mid, mid, "Bench", sim.port, unit) for unit, mid in enumerate(ids, 1)}
-    path = write_config(tmp_path, machines, {})
-    runtime = Runtime(with_api_port(load_config(path), 0), config_path=path)
+    ids, sim, runtime = await sliced_rig(tmp_path, monkeypatch)
     reloads: list[asyncio.Task[object]] = []
 
     def sighup_at_ready(line: str) -> None:
