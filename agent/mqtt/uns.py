@@ -157,10 +157,17 @@ class Namespace:
                 out.append(UnsMessage(STATE_ENDPOINT, f"{root}/{kind}", {"message_id": mid, **body}, mid))
 
             since = view.status_since
-            add(
-                "status",
-                {"state": view.status, "since": None if since is None else iso_utc(since), "updated_at": at},
-            )
+            if view.status is not None:
+                # Not known yet (a restarted agent before its first good reading): the broker keeps the
+                # last state it has; the first reading's status change publishes the truth.
+                add(
+                    "status",
+                    {
+                        "state": view.status,
+                        "since": None if since is None else iso_utc(since),
+                        "updated_at": at,
+                    },
+                )
             add("alarms", {"active": _alarms(view) or [], "updated_at": at})
             add("downtime", {"open": _open_downtime(view.open_downtime), "updated_at": at})
             day, day_total = view.parts_today(now)

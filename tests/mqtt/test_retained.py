@@ -111,3 +111,25 @@ def test_clearing_is_an_empty_retained_message_on_every_retained_topic_of_a_root
     # Planned again (a crash before the outbox confirmed them) they keep their ids: no duplicates.
     assert [m.message_id for m in clearing([LATHE], "01SNAPSHOT")] == [m.message_id for m in messages]
     assert len({m.message_id for m in messages}) == len(RETAINED_KINDS)
+
+
+class View:
+    def __init__(self, status: str | None) -> None:
+        self.status, self.status_since = status, None if status is None else 1_000.0
+        self.active_alarms, self.open_downtime, self.part_total = (), None, 0
+
+    def parts_today(self, now: float) -> tuple[str, int]:
+        return "1970-01-01", 0
+
+
+def test_a_status_not_known_yet_is_not_published_over_the_last_retained_one() -> None:
+    from agent.events import MachineRef
+    from agent.mqtt.settings import PublishConfig
+    from agent.mqtt.uns import Namespace
+
+    ns = Namespace(PublishConfig(enterprise="acme", site="plant1"), "cell-1")
+    known, restarted = MachineRef("mill-01", "Mill", "Milling"), MachineRef("lathe-02", "Lathe", "Turning")
+    topics = [m.topic for m in ns.snapshot([(known, View("IDLE")), (restarted, View(None))], 2_000.0, "01S")]
+    assert "acme/plant1/Milling/cell-1/mill-01/status" in topics
+    assert "acme/plant1/Turning/cell-1/lathe-02/status" not in topics
+    assert "acme/plant1/Turning/cell-1/lathe-02/alarms" in topics, "what is known is still published"
