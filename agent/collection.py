@@ -7,12 +7,15 @@ import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config.machines import MachineConfig
 from agent.metrics import Metrics, PollSeries
 from agent.supervisor import Supervisor
 from drivers.base import Driver, Quality, Sample
+
+if TYPE_CHECKING:  # the Modbus modules are imported only when a machine uses Modbus
+    from drivers.modbus.link import LinkPool
 
 # Collectors built per loop turn (~12 ms of building at 2,000 machines), and the time over which the
 # slices are spread: what the first connects of 2,000 machines cost is then spread as well.
@@ -20,7 +23,7 @@ START_SLICE = 100
 START_SPREAD_SECONDS = 1.0
 
 
-def build_driver(machine: MachineConfig, modbus_links: Any = None) -> Driver:
+def build_driver(machine: MachineConfig, modbus_links: LinkPool | None = None) -> Driver:
     """The protocol library is imported only when a machine uses it (each costs tens of MB).
 
     ``modbus_links``: the ``LinkPool`` through which Modbus machines behind one host:port share one
@@ -68,7 +71,7 @@ class Collection:
         self.runs: dict[str, MachineRun] = {}
         # This agent's Modbus connections, one per host:port. Owned here, not module-wide: two
         # runtimes in one process (tests, an embedding program) must not share a socket or its state.
-        self._modbus_links: Any = None
+        self._modbus_links: LinkPool | None = None
 
     def __contains__(self, machine_id: object) -> bool:
         return machine_id in self.runs

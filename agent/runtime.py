@@ -45,11 +45,10 @@ MACHINE_SLICE = 500
 
 
 async def in_slices(machines: Sequence[str], work: Callable[[Sequence[str]], None]) -> None:
-    """``work`` on ``MACHINE_SLICE`` machines per loop turn."""
+    """``work`` on ``MACHINE_SLICE`` machines per loop turn (the loop turns after the last one too)."""
     for first in range(0, len(machines), MACHINE_SLICE):
-        if first:
-            await asyncio.sleep(0)
         work(machines[first : first + MACHINE_SLICE])
+        await asyncio.sleep(0)
 
 
 class Runtime:
@@ -261,16 +260,13 @@ class Runtime:
                 await self.pipeline.tick()
             except Exception as exc:
                 log.error("tick_failed", error=repr(exc))
-            # Each phase walks every machine: at thousands of machines one turn for all of them held
-            # polls back by 100 ms and more. A turn of the loop between phases lets due polls run.
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # every phase walks every machine: let due polls run between them
             try:
                 await self.pipeline.publish_tags()
             except Exception as exc:
                 log.error("tag_publishing_failed", error=repr(exc))
             if self.feed is not None:  # timers, and categorizations made through the JSON API
                 await in_slices(list(self.pipeline.machines), self.feed.observe_all)
-                await asyncio.sleep(0)
             if loop.time() - self._counts_at >= OUTBOX_COUNTS_SECONDS:
                 self._counts_at = loop.time()
                 await self._refresh_outbox_counts()

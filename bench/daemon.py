@@ -270,7 +270,7 @@ def run(
         bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", json.dumps(sim.ports)]
         out = {"bare": measure_process(bare_cmd, sim, seconds, warmup)} if with_bare else {}
         if with_floor:
-            floor_cmd = [sys.executable, str(Path(__file__).resolve()), "--floor", json.dumps(sim.ports)]
+            floor_cmd = [sys.executable, str(Path(__file__).resolve()), "--run-floor", json.dumps(sim.ports)]
             out["floor"] = measure_process(floor_cmd, sim, seconds, warmup)
         if node_red:
             with tempfile.TemporaryDirectory(prefix="ea-node-red-") as work:
@@ -302,16 +302,15 @@ def main() -> int:
         help="serve the machines with bench/poll.py's minimal responder instead of pymodbus "
         "(for N beyond what the pymodbus simulator can serve on this box)",
     )
-    ap.add_argument(
-        "--floor", help="also measure the asyncio floor (our wire client alone)", nargs="?", const="[]"
-    )
+    ap.add_argument("--floor", action="store_true", help="also measure the asyncio floor (our wire client alone)")
+    ap.add_argument("--run-floor", help=argparse.SUPPRESS)
     ap.add_argument("--bare", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
         asyncio.run(bare(json.loads(args.bare)))
         return 0
-    if args.floor and args.floor != "[]":
-        asyncio.run(floor(json.loads(args.floor)))
+    if args.run_floor:
+        asyncio.run(floor(json.loads(args.run_floor)))
         return 0
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     print(
@@ -327,7 +326,7 @@ def main() -> int:
             not args.no_node_red,
             args.lean_sim,
             not args.no_bare,
-            bool(args.floor),
+            args.floor,
         )
         b, d, nr = r.get("bare"), r["daemon"], r.get("node_red")
         versus_nr = f"{d['cpu'] / nr['cpu']:>6.2f}" if nr else f"{'-':>6}"

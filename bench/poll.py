@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import resource
+import struct
 import subprocess
 import sys
 import time
@@ -57,8 +58,6 @@ class LeanServer(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        import struct
-
         buf = self._buffer + data
         while len(buf) >= 12:
             tid, _proto, length, unit, function, address, count = struct.unpack_from(">HHHBBHH", buf)

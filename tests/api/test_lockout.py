@@ -24,16 +24,8 @@ TOKEN = "oper-token-0123456789-right"
 WRONG = "oper-token-0123456789-wrong"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_ten_wrong_tokens_in_a_minute_lock_the_address_out_for_a_minute_then_two_and_so_on() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     lockout = Lockout(clock)
     for _ in range(9):
         assert lockout.failed("10.0.0.7") is None
@@ -53,7 +45,7 @@ def test_ten_wrong_tokens_in_a_minute_lock_the_address_out_for_a_minute_then_two
 
 
 def test_wrong_tokens_spread_out_never_lock_and_a_right_one_forgives() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     lockout = Lockout(clock)
     for _ in range(50):  # a scraper with a stale token every 15 s
         assert lockout.failed("10.0.0.7") is None
@@ -65,14 +57,14 @@ def test_wrong_tokens_spread_out_never_lock_and_a_right_one_forgives() -> None:
 
 
 def test_a_flood_from_many_addresses_is_remembered_within_a_bound() -> None:
-    lockout = Lockout(Clock(), max_addresses=100)
+    lockout = Lockout(FakeClock(1000.0), max_addresses=100)
     for i in range(10_000):
         lockout.failed(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}")
     assert len(lockout) == 100
 
 
 @asynccontextmanager
-async def serving(tmp_path: Path, clock: Clock) -> AsyncIterator[str]:
+async def serving(tmp_path: Path, clock: FakeClock) -> AsyncIterator[str]:
     rig = await make_rig(tmp_path, [], FakeClock(time.time()), dispatch=False)
     operator = RoleToken("tablet", "operator", Secret(TOKEN, "test"))
     config = ApiConfig(enabled=True, host="127.0.0.1", port=0, tokens=(operator,))
@@ -91,7 +83,7 @@ async def serving(tmp_path: Path, clock: Clock) -> AsyncIterator[str]:
 async def test_the_api_answers_429_with_retry_after_to_a_guesser_even_for_the_right_token(
     tmp_path: Path,
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     async with serving(tmp_path, clock) as base, aiohttp.ClientSession() as http:
 
         async def get(token: str) -> tuple[int, dict[str, str], str]:
@@ -114,7 +106,7 @@ async def test_the_api_answers_429_with_retry_after_to_a_guesser_even_for_the_ri
 
 
 async def test_the_panel_login_is_locked_out_by_the_same_count(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     async with serving(tmp_path, clock) as base, aiohttp.ClientSession() as http:
 
         async def login(token: str) -> tuple[int, str]:
