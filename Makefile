@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@echo "==> setting up $(VENV): installing the pinned dependencies from PyPI (about a minute the first time)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	@$(BIN)/python -m pip install --quiet -e '.[test,lint,uvloop]'
 	@touch $(STAMP)
 	@echo "==> $(VENV) ready"
 

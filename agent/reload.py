@@ -1,7 +1,7 @@
 """Reload (SIGHUP, ``edge-agent reload``, ``POST /api/v1/reload``): a bad configuration is rejected
 and the running one stays; a good one replaces machines, workflows, endpoints, the broker connection
-(``mqtt:``) and the Unified Namespace (``publish:``) without a restart. Only ``state_dir`` and
-``api`` need one. Bound to the running ``Runtime`` like ``daemon_routes.py``."""
+(``mqtt:``) and the Unified Namespace (``publish:``) without a restart. Only ``state_dir``,
+``api`` and ``event_loop`` need one. Bound to the running ``Runtime`` like ``daemon_routes.py``."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ async def apply(rt: Runtime) -> dict[str, Any]:
         rt.last_reload = {"ok": False, "errors": errors, "at": rt.clock()}
         return rt.last_reload
     old = rt.config.agent
-    if new.agent.state_dir != old.state_dir or new.agent.api != old.api:
-        log.warning("reload_needs_restart", detail="state_dir and api changes take effect after a restart")
+    if (new.agent.state_dir, new.agent.api, new.agent.event_loop) != (old.state_dir, old.api, old.event_loop):
+        log.warning(
+            "reload_needs_restart", detail="state_dir, api and event_loop changes take effect after a restart"
+        )
     # The namespace's topics depend on publish: and on the agent's name (the default line level).
     renamed = new.agent.publish != old.publish or new.agent.name != old.name
     removed, added, changed = machine_changes(rt.config.machines, new.machines)

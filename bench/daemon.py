@@ -94,7 +94,7 @@ async def floor(ports: list[int]) -> None:
 # -- the daemon
 
 
-def write_config(root: Path, ports: list[int], receiver_url: str) -> tuple[Path, str]:
+def write_config(root: Path, ports: list[int], receiver_url: str, event_loop: str) -> tuple[Path, str]:
     cfg = root / "config"
     for sub in ("machines", "workflows", "secrets"):
         (cfg / sub).mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def write_config(root: Path, ports: list[int], receiver_url: str) -> tuple[Path,
     (cfg / "secrets" / "webhook.secret").write_text("whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "\n")
     api_port = free_port()
     (cfg / "agent.yaml").write_text(
-        f"agent: {{name: bench, state_dir: {root / 'state'}}}\n"
+        f"agent: {{name: bench, state_dir: {root / 'state'}, event_loop: {event_loop}}}\n"
         "log: {level: warning, format: json}\n"
         f"api: {{bind: {HOST}:{api_port}, token_file: secrets/api-token}}\n"
     )
@@ -201,7 +201,7 @@ def window(pid: int, sim: Simulator, seconds: float) -> dict[str, float]:
     }
 
 
-async def daemon(sim: Simulator, seconds: float, warmup: float) -> dict[str, float]:
+async def daemon(sim: Simulator, seconds: float, warmup: float, event_loop: str) -> dict[str, float]:
     from aiohttp import web
 
     got = 0
@@ -218,7 +218,7 @@ async def daemon(sim: Simulator, seconds: float, warmup: float) -> dict[str, flo
     port = free_port()
     await web.TCPSite(runner, HOST, port).start()
     root = Path(tempfile.mkdtemp(prefix="ea-daemon-"))
-    config, api = write_config(root, sim.ports, f"http://{HOST}:{port}/hook")
+    config, api = write_config(root, sim.ports, f"http://{HOST}:{port}/hook", event_loop)
     agent = await Agent.spawn(root, config)
     try:
         ready = await agent.ready(within=120) - agent.spawned_at
@@ -263,21 +263,35 @@ def measure_process(cmd: list[str], sim: Simulator, seconds: float, warmup: floa
 
 
 def run(
-    n: int, seconds: float, warmup: float, node_red: bool, lean: bool, with_bare: bool, with_floor: bool
+    n: int,
+    seconds: float,
+    warmup: float,
+    node_red: bool,
+    lean: bool,
+    with_bare: bool,
+    with_floor: bool,
+    event_loop: str,
 ) -> dict[str, dict[str, float]]:
     sim = Simulator(n, lean)
     try:
         bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", json.dumps(sim.ports)]
         out = {"bare": measure_process(bare_cmd, sim, seconds, warmup)} if with_bare else {}
         if with_floor:
-            floor_cmd = [sys.executable, str(Path(__file__).resolve()), "--run-floor", json.dumps(sim.ports)]
+            floor_cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--run-floor",
+                json.dumps(sim.ports),
+                "--event-loop",
+                event_loop,
+            ]
             out["floor"] = measure_process(floor_cmd, sim, seconds, warmup)
         if node_red:
             with tempfile.TemporaryDirectory(prefix="ea-node-red-") as work:
                 out["node_red"] = measure_process(
                     nodered.command(sim.ports, Path(work)), sim, seconds, warmup
                 )
-        out["daemon"] = asyncio.run(daemon(sim, seconds, warmup))
+        out["daemon"] = asyncio.run(daemon(sim, seconds, warmup, event_loop))
         return out
     finally:
         sim.close()
@@ -302,7 +316,15 @@ def main() -> int:
         help="serve the machines with bench/poll.py's minimal responder instead of pymodbus "
         "(for N beyond what the pymodbus simulator can serve on this box)",
     )
-    ap.add_argument("--floor", action="store_true", help="also measure the asyncio floor (our wire client alone)")
+    ap.add_argument(
+        "--floor", action="store_true", help="also measure the asyncio floor (our wire client alone)"
+    )
+    ap.add_argument(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the daemon's agent.event_loop (and the floor's loop); the bare loop and Node-RED are unchanged",
+    )
     ap.add_argument("--run-floor", help=argparse.SUPPRESS)
     ap.add_argument("--bare", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -310,9 +332,16 @@ def main() -> int:
         asyncio.run(bare(json.loads(args.bare)))
         return 0
     if args.run_floor:
-        asyncio.run(floor(json.loads(args.run_floor)))
+        from agent.event_loop import loop_factory
+
+        with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+            runner.run(floor(json.loads(args.run_floor)))
         return 0
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+    print(
+        f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+        f"the daemon runs on the {args.event_loop} event loop",
+        flush=True,
+    )
     print(
         f"{'N':>5} | {'bare pymodbus loop':>24} | {'Node-RED + contrib-modbus':>25} | {'edge-agent run':>24} | "
         f"{'/bare':>5} | {'/N-RED':>6} | {'READY':>6} | {'missed':>6} | {'lag p99':>8} | {'loop lag max':>12} | "
@@ -327,6 +356,7 @@ def main() -> int:
             args.lean_sim,
             not args.no_bare,
             args.floor,
+            args.event_loop,
         )
         b, d, nr = r.get("bare"), r["daemon"], r.get("node_red")
         versus_nr = f"{d['cpu'] / nr['cpu']:>6.2f}" if nr else f"{'-':>6}"
@@ -339,7 +369,10 @@ def main() -> int:
         )
         print(f"      simulator CPU while measuring the agent: {d['sim_cpu']:.1f} % of a core", flush=True)
         if "floor" in r:
-            print(f"      asyncio floor (wire client alone, no decoding): {cell(r['floor'])}", flush=True)
+            print(
+                f"      {args.event_loop} floor (wire client alone, no decoding): {cell(r['floor'])}",
+                flush=True,
+            )
     print(f"load average after: {os.getloadavg()[0]:.1f}", flush=True)
     return 0
 

@@ -15,7 +15,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from math import ceil
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
@@ -581,9 +581,10 @@ class _Refuse(asyncio.Protocol):
     """The answer to a connection over the cap: one 503 and close, without reading the request."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(_BUSY)
-        transport.close()
+        # No isinstance check: uvloop's transports implement WriteTransport without subclassing it.
+        write = cast(asyncio.WriteTransport, transport)
+        write.write(_BUSY)
+        write.close()
 
 
 class ConnectionCap:

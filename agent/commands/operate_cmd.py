@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     import structlog
 
+    from agent.event_loop import loop_factory
     from agent.logs import configure
     from agent.loop_watch import start_without_gc
     from agent.notify import Notifier
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         config, config_path=config_path(args), state_dir=args.state_dir, notifier=Notifier.from_env()
     )
     try:
-        return asyncio.run(runtime.serve())
+        with asyncio.Runner(loop_factory=loop_factory(config.agent.event_loop)) as runner:
+            return runner.run(runtime.serve())
     except StateDirInUse as exc:
         structlog.get_logger("agent.run").error("state_dir_in_use", error=str(exc))
         print(f"edge-agent: {exc}", file=sys.stderr)

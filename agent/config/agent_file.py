@@ -16,6 +16,7 @@ from agent.config.source import (
     load_yaml,
     one_of,
 )
+from agent.event_loop import DEFAULT_LOOP, LOOPS, unavailable
 
 if TYPE_CHECKING:
     from agent.api.settings import ApiConfig
@@ -42,6 +43,7 @@ class AgentConfig:
     categories: Categories
     mqtt: MqttConfig | None = None  # the broker connection (``mqtt:``), shared by every MQTT destination
     publish: PublishConfig | None = None  # the Unified Namespace (``publish:``)
+    event_loop: str = DEFAULT_LOOP  # ``asyncio`` or ``uvloop`` (agent/event_loop.py)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,10 @@ def _read_agent(
             agent.error("state_dir", blocked)
     machines_dir = _path(agent, "machines_dir", base / "machines", base) or base / "machines"
     workflows_dir = _path(agent, "workflows_dir", base / "workflows", base)
+    event_loop = agent.get("event_loop", one_of(*LOOPS), DEFAULT_LOOP)
+    missing = unavailable(event_loop)
+    if missing:
+        agent.error("event_loop", missing)
     agent.done()
 
     log = top.sub("log")
@@ -130,6 +136,7 @@ def _read_agent(
         categories=categories,
         mqtt=mqtt,
         publish=publish,
+        event_loop=event_loop,
     )
     return cfg, (top, workflows_raw)
 

@@ -20,6 +20,7 @@ import asyncio
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 FUNCTION = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 MAX_PDU = 253  # MODBUS Application Protocol 1.1b3, 4.1
@@ -114,8 +115,8 @@ class ModbusTcpClient(asyncio.Protocol):
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TCP transport implements asyncio.Transport without subclassing it: no isinstance.
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

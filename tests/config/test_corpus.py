@@ -9,6 +9,7 @@ do. One error per mistake: echoes of the same mistake bury it.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,9 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "agent/unknown-key.yaml": ["config/agent.yaml:4: log.levle: unknown key; known keys here: format, level"],
     "agent/bad-bind.yaml": ["config/agent.yaml:5: api.bind: port must be 1-65535, got 87870"],
+    "agent/event-loop-unknown.yaml": [
+        "config/agent.yaml:4: agent.event_loop: unknown value 'libuv'; expected one of asyncio, uvloop"
+    ],
     "agent/empty.yaml": [
         "config/agent.yaml: the file is empty; it needs at least an agent: section (see config/agent.yaml)"
     ],
@@ -194,3 +198,18 @@ def test_a_broken_machine_file_is_one_error_not_also_every_scope_naming_its_grou
     problems = problems_of(folder)
     assert len(problems) == 1, problems
     assert problems[0].startswith("config/machines/mill-01.yaml:8: modbus.unit:"), problems
+
+
+@pytest.mark.usefixtures("secrets_env")
+def test_uvloop_asked_for_but_not_installed_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = shipped_copy(tmp_path)
+    agent_yaml = folder / "agent.yaml"
+    agent_yaml.write_text(agent_yaml.read_text().replace("agent:\n", "agent:\n  event_loop: uvloop\n", 1))
+    assert problems_of(folder) == []  # installed in the test environment: accepted
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # Python's own way to make an import fail
+    assert problems_of(folder) == [
+        "config/agent.yaml:6: agent.event_loop: uvloop is not installed in this Python: "
+        "pip install 'edge-agent[uvloop]' (Linux and macOS), or use event_loop: asyncio"
+    ]

@@ -74,6 +74,8 @@ class AgentDir:
     token: str = field(default_factory=generate_secret)
     secret: str = field(default_factory=generate_secret)
     delivery: str = "{timeout: 5s}"
+    agent_extra: str = ""  # more ``agent:`` keys, e.g. ", event_loop: uvloop"
+    api_extra: str = ""  # more ``api:`` keys, e.g. ", max_connections: 4"
 
     def __post_init__(self) -> None:
         for sub in ("machines", "workflows", "secrets"):
@@ -100,9 +102,9 @@ class AgentDir:
 
     def write_agent(self) -> None:
         self.agent_yaml.write_text(
-            f"agent: {{name: test-cell, state_dir: {self.state_dir}}}\n"
+            f"agent: {{name: test-cell, state_dir: {self.state_dir}{self.agent_extra}}}\n"
             "log: {level: info, format: json}\n"
-            f"api: {{bind: 127.0.0.1:{self.api_port}, token_file: secrets/api-token}}\n"
+            f"api: {{bind: 127.0.0.1:{self.api_port}, token_file: secrets/api-token{self.api_extra}}}\n"
             f"delivery: {self.delivery}\n"
             "downtime_categories: [Maintenance Required, Setup]\n"
         )
