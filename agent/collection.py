@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config.machines import MachineConfig
 from agent.metrics import Metrics, PollSeries
 from agent.supervisor import Supervisor
+from agent.wakeups import Wakeups
 from drivers.base import Driver, Quality, Sample
 
 if TYPE_CHECKING:  # the Modbus modules are imported only when a machine uses Modbus
@@ -72,6 +73,7 @@ class Collection:
         # This agent's Modbus connections, one per host:port. Owned here, not module-wide: two
         # runtimes in one process (tests, an embedding program) must not share a socket or its state.
         self._modbus_links: LinkPool | None = None
+        self.wakeups = Wakeups()  # one timer for every machine's wait between polls
 
     def __contains__(self, machine_id: object) -> bool:
         return machine_id in self.runs
@@ -89,6 +91,7 @@ class Collection:
             sink=self._sink(machine.id),
             subscribe=machine.subscribes,
             tags=tuple(machine.connection.tag_names),
+            wakeups=self.wakeups,
         )
         self.runs[machine.id] = MachineRun(machine, collector, self._metrics.poll_series(machine.id))
         self._supervisor.start(f"collect:{machine.id}", collector.run)

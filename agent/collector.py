@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from agent.wakeups import Wakeups
 from drivers.backoff import backoff_delay
 from drivers.base import ConnectionState, Driver, DriverError, Quality, Reading, Sample, Sink
 
@@ -81,6 +82,7 @@ class Collector:
         tags: Sequence[str] | None = None,
         jitter: Callable[[], float] = random.random,
         phase: float | None = None,
+        wakeups: Wakeups | None = None,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
@@ -102,6 +104,8 @@ class Collector:
         )
         self._healthy = True
         self._overrunning = False
+        # Shared by a runtime's collectors (agent/wakeups.py says why); alone, a plain sleep.
+        self._wakeups = wakeups
 
     async def run(self) -> None:
         """Collect until cancelled; closes the driver on the way out."""
@@ -170,11 +174,12 @@ class Collector:
     async def _poll(self) -> None:
         interval = self.poll_interval
         stats = self.stats
+        wakeups = self._wakeups
         scheduled = self._clock() + self._phase
         while True:
             delay = scheduled - self._clock()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await (asyncio.sleep(delay) if wakeups is None else wakeups.after(delay))
             start = self._clock()
             try:
                 readings: Sequence[Sample] = await self.driver.read()
@@ -192,6 +197,10 @@ class Collector:
             stats.last_poll_duration = finished - start
             self._judge(readings, failure)
             self._deliver(readings)
+            # Not kept through the sleep: held for a second, the readings of every machine (100,000 at
+            # 5,000 machines) reached the collector's oldest generation, and each full collection
+            # walked them all (50-100 ms stalls every 2 s).
+            readings = ()
             if self.driver.state is ConnectionState.DISCONNECTED:
                 return
             scheduled, skipped = next_slot(scheduled, finished, interval)

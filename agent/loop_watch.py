@@ -21,6 +21,8 @@ STALL_LOG_SECONDS = 0.25
 GC_LOG_SECONDS = 0.05
 # After start, when the collectors' connections are up, long-lived objects are frozen once more.
 GC_SETTLE_SECONDS = 30.0
+# How often the young generation is collected whatever CPython's allocation count says (GcPauses).
+YOUNG_SWEEP_SECONDS = 0.05
 
 
 class LoopLag:
@@ -84,6 +86,7 @@ class GcPauses:
         self._observe = observe
         self._started = 0.0
         self.worst = 0.0
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def install(self) -> None:
         # Configuration, derivers and drivers live as long as the process: frozen, out of the
@@ -93,6 +96,16 @@ class GcPauses:
         gc.enable()
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """CPython 3.11 starts a young collection when allocations minus *all* deallocations pass
+        700; when the objects dying are old ones (each machine's wait of the last second), young
+        ones pile up uncounted: at 5,000 machines 100,000 of them, walked in one 50-100 ms stall.
+        Collected every ``YOUNG_SWEEP_SECONDS`` instead, the young generation stays at a few
+        thousand objects (about a millisecond)."""
+        gc.collect(0)
+        self._sweeper = asyncio.get_running_loop().call_later(YOUNG_SWEEP_SECONDS, self._sweep)
 
     def settle(self) -> None:
         """Once the connections are up: collect what start-up left behind, then freeze the rest
@@ -103,6 +116,9 @@ class GcPauses:
             gc.freeze()
 
     def remove(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._callback in gc.callbacks:
             gc.callbacks.remove(self._callback)
 

@@ -24,6 +24,7 @@ from agent.config.agent_file import Config
 from agent.config.machines import MachineConfig
 from agent.config_changes import endpoints_of
 from agent.delivery.settings import OUTBOX_FILE
+from agent.event_loop import running_loop_name
 from agent.health import Facts, Health, judge, status_line
 from agent.loop_watch import GC_SETTLE_SECONDS, AcceptEpisodes, GcPauses, LoopLag
 from agent.metrics import Metrics
@@ -115,6 +116,7 @@ class Runtime:
             workflows=len(cfg.workflows),
             api=self.api_url,
             state_dir=str(cfg.agent.state_dir),
+            event_loop=running_loop_name(),
             startup_seconds=round(self.clock() - self.started_at, 3),
         )
         # After READY (config, outbox, state and API are up): building 500 drivers took half of the
@@ -167,6 +169,7 @@ class Runtime:
         self.gc_pauses.remove()
         log.info("agent_stopping")
         await asyncio.gather(*(self.collection.stop(mid) for mid in list(self.collection.runs)))
+        self.collection.wakeups.close()
         if self.feed is not None:
             self.feed.close()
         if self._runner is not None:

@@ -7,7 +7,7 @@ import asyncio
 import gc
 import time
 
-from agent.loop_watch import GcPauses, LoopLag, start_without_gc
+from agent.loop_watch import YOUNG_SWEEP_SECONDS, GcPauses, LoopLag, start_without_gc
 
 
 async def test_a_callback_that_blocks_the_loop_is_measured_as_lag() -> None:
@@ -22,7 +22,7 @@ async def test_a_callback_that_blocks_the_loop_is_measured_as_lag() -> None:
     assert lag.worst == max(seen)
 
 
-def test_a_full_collection_is_reported_with_its_generation() -> None:
+async def test_a_full_collection_is_reported_with_its_generation() -> None:
     seen: list[tuple[int, float]] = []
     pauses = GcPauses(lambda generation, seconds: seen.append((generation, seconds)))
     pauses.install()
@@ -36,7 +36,7 @@ def test_a_full_collection_is_reported_with_its_generation() -> None:
     assert len([g for g, _ in seen if g == 2]) == 1, "removed: no more reports"
 
 
-def test_edge_agent_run_starts_without_the_collector_and_the_runtime_turns_it_back_on() -> None:
+async def test_edge_agent_run_starts_without_the_collector_and_the_runtime_turns_it_back_on() -> None:
     pauses = GcPauses()
     start_without_gc()
     try:
@@ -47,3 +47,17 @@ def test_edge_agent_run_starts_without_the_collector_and_the_runtime_turns_it_ba
         pauses.remove()
         gc.unfreeze()
         gc.enable()
+
+
+async def test_the_young_generation_is_collected_on_a_timer_not_only_by_allocation_count() -> None:
+    # CPython counts old objects' deaths against young allocations: with thousands of machines the
+    # young generation grew to 100,000 objects between collections. The sweep does not wait for it.
+    seen: list[int] = []
+    pauses = GcPauses(lambda generation, seconds: seen.append(generation))
+    pauses.install()
+    try:
+        await asyncio.sleep(YOUNG_SWEEP_SECONDS * 8)
+    finally:
+        pauses.remove()
+        gc.unfreeze()
+    assert seen.count(0) >= 4, seen  # an idle loop allocates far too little to trigger one itself

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.panel.views import TagValue, tag_rows, tile_view
-from drivers.base import Reading
+from agent.panel.views import Latest, TagValue, tag_rows, tile_view
+from drivers.base import Quality, Reading
+
+_PLAIN_QUALITY = {q: str(q.value) for q in Quality}
 
 # Per machine, in memory: today's picture for the timeline without a new table in the state store.
 MAX_HISTORY = 500
@@ -55,8 +57,12 @@ class LiveFeed:
         self._derivers = derivers
         self._clock = clock
         self._tiles: dict[str, dict[str, Any]] = {}
-        # The newest reading of each tag, as the driver made it: formatted only when a page shows it.
-        self._tags: dict[str, dict[str, Reading]] = {}
+        # The newest reading of each tag, formatted only when a page shows it. Kept as plain tuples of
+        # plain values, not as the Reading: CPython stops tracking such a tuple at its first young
+        # collection, while 20 Readings a machine (100,000 at 5,000 machines), each replaced every
+        # second, lived just long enough to reach the oldest generation, and every full collection
+        # walked them all: 50-100 ms stalls every 2 s (bench/daemon.py --n 5000).
+        self._tags: dict[str, dict[str, Latest]] = {}
         self._history: dict[str, MachineHistory] = {}
         self._subscribers: set[Subscriber] = set()
         self.published = 0  # tile changes sent out (bench/panel.py reads it); pages carry it as ``since``
@@ -71,9 +77,10 @@ class LiveFeed:
         so a poll without one costs only the bookkeeping of tag values; the tick's ``observe_all``
         catches the rest within a second."""
         latest = self._tags.setdefault(machine_id, {})
+        plain = _PLAIN_QUALITY
         for s in samples:
-            if isinstance(s, Reading):
-                latest[s.tag] = s
+            if s.__class__ is Reading:
+                latest[s.tag] = (s.value, plain[s.quality], s.reason, s.timestamp)
         for sub in self._subscribers:
             if sub.machine == machine_id:
                 sub.tags_changed = True
@@ -126,7 +133,7 @@ class LiveFeed:
         return [self._tiles[mid] for mid in sorted(known) if mid in self._tiles]
 
     def tags(self, machine_id: str) -> list[TagValue]:
-        return tag_rows(self._tags.get(machine_id, {}).values())
+        return tag_rows(self._tags.get(machine_id, {}))
 
     def history(self, machine_id: str) -> MachineHistory:
         return self._history.get(machine_id) or MachineHistory()

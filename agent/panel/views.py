@@ -13,8 +13,6 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from datetime import time as clock_time
 from typing import Any
 
-from drivers.base import Reading
-
 # ISA-101: grey for normal, colour only where it asks for attention. Word and meaning, said once on
 # the board's legend.
 STATE_LEGEND: tuple[tuple[str, str], ...] = (
@@ -118,9 +116,15 @@ class TagValue:
     at: float
 
 
-def tag_rows(readings: Iterable[Reading]) -> list[TagValue]:
+# What the feed keeps of a tag's newest reading: value, quality, reason, time (see LiveFeed.samples).
+Latest = tuple[Any, str, "str | None", float]
+
+
+def tag_rows(latest: Mapping[str, Latest]) -> list[TagValue]:
     """Tag rows for the machine page, by tag name."""
-    rows = [TagValue(r.tag, show_value(r.value), str(r.quality), r.reason, r.timestamp) for r in readings]
+    rows = [
+        TagValue(tag, show_value(v), quality, reason, at) for tag, (v, quality, reason, at) in latest.items()
+    ]
     return sorted(rows, key=lambda t: t.tag)
 
 
