@@ -41,11 +41,13 @@ BODY = (
 
 RECEIVER = """
 import asyncio, sys
+from agent.event_loop import loop_factory
 from agent.receiver import start_receiver
 async def main():
     await start_receiver(sys.argv[1], port=int(sys.argv[2]), keep=0)
     await asyncio.Event().wait()
-asyncio.run(main())
+with asyncio.Runner(loop_factory=loop_factory(sys.argv[3])) as runner:
+    runner.run(main())
 """
 
 
@@ -91,10 +93,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_receiver_process(secret: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_receiver_process(secret: str, event_loop: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, secret, str(port)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, secret, str(port), event_loop], env=env)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -204,7 +206,7 @@ async def bench_backlog(tmp: Path, url: str, secret: str, n: int) -> float:
     return peak
 
 
-async def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -212,13 +214,23 @@ async def main() -> None:
     parser.add_argument("--producers", type=int, default=500, help="concurrent enqueue callers")
     parser.add_argument("--deliveries", type=int, default=5_000, help="webhooks for the delivery test")
     parser.add_argument("--backlog", type=int, default=1_000_000, help="backlog to drain for the RSS test")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the loop of the outbox side and of the receiver process (agent.event_loop)",
+    )
+    return parser.parse_args()
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(f"event loop: {args.event_loop} (outbox side and receiver)")
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     secret = generate_secret()
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as d:
         tmp = Path(d)
         enq = await bench_enqueue(tmp, args.events, args.producers)
-        proc, url = start_receiver_process(secret)
+        proc, url = start_receiver_process(secret, args.event_loop)
         try:
             fifo_n = max(args.deliveries // 5, 100)
             ceiling = await bench_round_trip(url, secret, fifo_n)
@@ -236,4 +248,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    from agent.event_loop import loop_factory
+
+    options = arguments()
+    with asyncio.Runner(loop_factory=loop_factory(options.event_loop)) as runner:
+        runner.run(main(options))

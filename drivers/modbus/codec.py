@@ -66,7 +66,7 @@ def raw_decoder(
             return lambda words, i: swap_bytes(words[i])
         if signed:
             return lambda words, i: _signed16(words[i])
-        return lambda words, i: words[i]
+        return plain_word
     unpack = struct.Struct(("<" if little else ">") + _FORMAT[type_]).unpack
     pack = struct.Struct(f">{width}H").pack
     if width == 2:
@@ -76,6 +76,11 @@ def raw_decoder(
     if words_reversed:
         return lambda words, i: unpack(pack(words[i + 3], words[i + 2], words[i + 1], words[i]))[0]
     return lambda words, i: unpack(pack(*words[i : i + 4]))[0]
+
+
+def plain_word(words: Sequence[Any], i: int) -> Any:
+    """An unsigned 16-bit register as it is: the driver indexes such tags itself (no call per poll)."""
+    return words[i]
 
 
 def _signed16(word: int) -> int:

@@ -11,12 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.base import ConnectionState, DriverError, Quality, Reading, Sink
-from drivers.modbus.codec import BIT_TABLES, Decoder, bit_decoder, raw_decoder, transformed
+from drivers.modbus.codec import BIT_TABLES, Decoder, bit_decoder, plain_word, raw_decoder, transformed
 from drivers.modbus.config import ModbusMachineConfig, ModbusTag
 from drivers.modbus.link import BadReply, Link, LinkDown, LinkPool, NoAnswer
 from drivers.modbus.plan import Request, plan
 
 _GOOD = Quality.GOOD
+# A named tuple's own constructor is a Python function around this call: 20 readings a poll, one
+# frame each (3 % of the daemon at 5,000 machines). Same fields, same order, same type.
+_new: Callable[[type[Reading], tuple[Any, ...]], Reading] = tuple.__new__
 _BAD = Quality.BAD
 _DISCONNECTED = Quality.DISCONNECTED
 
@@ -92,9 +95,11 @@ class ModbusDriver:
                     ts = self._wall()
                     for name, decode, offset in items:
                         try:
-                            append(Reading(machine, name, decode(values, offset), _GOOD, ts))
+                            value = values[offset] if decode is plain_word else decode(values, offset)
                         except (ValueError, TypeError, ArithmeticError) as exc:
                             append(Reading(machine, name, None, _BAD, ts, f"cannot decode: {exc}"))
+                            continue
+                        append(_new(Reading, (machine, name, value, _GOOD, ts, None)))
                     continue
             ts = self._wall()
             for name, _decode, _offset in items:
