@@ -56,7 +56,7 @@ async def test_the_young_generation_is_collected_on_a_timer_not_only_by_allocati
     pauses = GcPauses(lambda generation, seconds: seen.append(generation))
     pauses.install()
     try:
-        await asyncio.sleep(YOUNG_SWEEP_SECONDS * 8)
+        await asyncio.sleep(YOUNG_SWEEP_SECONDS * 16)
     finally:
         pauses.remove()
         gc.unfreeze()

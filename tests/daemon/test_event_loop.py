@@ -24,14 +24,17 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("uvloop", reason="the uvloop extra is installed by make venv")
 
 
-def ready_line(agent: AgentProcess) -> dict[str, object]:
-    for line in agent.log().splitlines():
-        if line.startswith("{"):
-            item = json.loads(line)
-            if item.get("event") == "agent_ready":
-                assert isinstance(item, dict)
-                return item
-    raise AssertionError(f"no agent_ready line in the log:\n{agent.log()}")
+async def ready_line(agent: AgentProcess) -> dict[str, object]:
+    """The ``agent_ready`` log line; it is written just after READY=1 is sent, so wait for it."""
+    async with asyncio.timeout(EVENT_WITHIN):
+        while True:
+            for line in agent.log().splitlines():
+                if line.startswith("{"):
+                    item = json.loads(line)
+                    if item.get("event") == "agent_ready":
+                        assert isinstance(item, dict)
+                        return item
+            await asyncio.sleep(0.05)
 
 
 def status_to(body: object) -> object:
@@ -60,7 +63,7 @@ async def test_the_daemon_on_uvloop_polls_derives_signs_delivers_and_caps_connec
     await agent.start()
     try:
         await agent.wait_ready()
-        assert ready_line(agent)["event_loop"] == "uvloop"
+        assert (await ready_line(agent))["event_loop"] == "uvloop"
         # Polled over the Modbus client on uvloop's transport: the first status, then a change.
         await receiver.wait_for(1, within=EVENT_WITHIN)
         modbus.machines[1].execution = Execution.ACTIVE
