@@ -3,6 +3,7 @@ slow board gets the newest tile, not a backlog; sessions expire by the injected 
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -12,6 +13,7 @@ from agent.config.source import Secret
 from agent.panel.feed import LiveFeed, Subscriber
 from agent.panel.session import Sessions, csrf_ok
 from agent.panel.views import day_of, duration_text, lanes, state_class, status_segments, tile_view, url_shown
+from drivers.base import Quality, Reading
 from tests.derive.builders import MACHINE, deriver, good
 
 
@@ -162,3 +164,20 @@ def test_the_day_of_a_time_is_right_every_minute_across_a_daylight_saving_change
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
         assert day_of(now, berlin) == (local.date().isoformat(), midnight.timestamp())
     assert day_of(start, berlin)[0] == "2026-03-28", "going back in time is answered too"
+
+
+def test_the_feed_keeps_a_tags_newest_value_but_not_the_reading_itself() -> None:
+    # Kept for a whole poll interval, 20 Readings a machine reached the garbage collector's oldest
+    # generation (100,000 at 5,000 machines) and every full collection walked them: the feed keeps
+    # plain values instead, and the machine page still shows value, quality, reason and time.
+    plant = Plant()
+    feed = plant.feed()
+    samples = plant.read(execution="READY", part_count=7)
+    part = next(s for s in samples if s.tag == "part_count")
+    before = sys.getrefcount(part)
+    feed.samples(MACHINE.id, samples)
+    assert sys.getrefcount(part) == before
+    bad = Reading(MACHINE.id, "part_count", None, Quality.BAD, plant.now + 1, "exception 2 (illegal address)")
+    feed.samples(MACHINE.id, [bad])
+    row = {t.tag: t for t in feed.tags(MACHINE.id)}["part_count"]
+    assert (row.value, row.quality, row.reason, row.at) == ("—", "bad", bad.reason, bad.timestamp)
