@@ -34,6 +34,6 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def running_loop_name() -> str:
-    """What actually runs: ``uvloop`` or ``asyncio`` (for the ready log line and /status)."""
+    """What actually runs: ``uvloop`` or ``asyncio`` (the ``agent_ready`` log line names it)."""
     module = type(asyncio.get_running_loop()).__module__
     return "uvloop" if module.startswith("uvloop") else "asyncio"

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.event_loop import LOOPS  # noqa: E402
 from bench import nodered  # noqa: E402
 from bench.e2e import Agent, free_port  # noqa: E402
 
@@ -321,7 +322,7 @@ def main() -> int:
     )
     ap.add_argument(
         "--event-loop",
-        choices=["asyncio", "uvloop"],
+        choices=LOOPS,
         default="asyncio",
         help="the daemon's agent.event_loop (and the floor's loop); the bare loop and Node-RED are unchanged",
     )

@@ -32,6 +32,7 @@ from agent.delivery.dispatcher import Dispatcher  # noqa: E402
 from agent.delivery.outbox import NewDelivery, Outbox  # noqa: E402
 from agent.delivery.settings import DeliveryConfig, EndpointConfig, OutboxConfig  # noqa: E402
 from agent.delivery.signing import generate_secret  # noqa: E402
+from agent.event_loop import LOOPS  # noqa: E402
 
 BODY = (
     b'{"id":"01HQ3K6X7Z8Y9W0V1U2T3S4R5Q","event":"downtime_started","timestamp":"2024-01-15T14:32:00Z",'
@@ -216,7 +217,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--backlog", type=int, default=1_000_000, help="backlog to drain for the RSS test")
     parser.add_argument(
         "--event-loop",
-        choices=["asyncio", "uvloop"],
+        choices=LOOPS,
         default="asyncio",
         help="the loop of the outbox side and of the receiver process (agent.event_loop)",
     )
