@@ -7,9 +7,10 @@ destination's window), a concurrency limit, a circuit breaker, a pause after 429
 and counts it. The dispatcher itself knows no protocol.
 
 A FIFO endpoint claims a batch of its oldest due rows in one commit and, on each ``delivered``
-answer, starts the next one while that answer is still being committed. At-least-once holds: a row
-stays ``in_flight`` on disk until its outcome commits, and a crash puts it back to pending; the
-writer commits in submission order, so outcomes become durable in order. Any other answer gives the
+answer, starts the next one while that answer is still being committed (a lazy commit: it waits
+a few ms so that consecutive answers share it). At-least-once holds: a row stays ``in_flight`` on
+disk until its outcome commits, and a crash puts it back to pending; the writer commits in
+submission order, so outcomes become durable in order. Any other answer gives the
 unsent claimed rows back in the same transaction, and nothing is read until that commit.
 """
 
@@ -321,7 +322,7 @@ class Dispatcher:
             if result.outcome is Outcome.DELIVERED:
                 # The next row may go while this answer is being committed (that commit or the next);
                 # until then the row is in flight on disk, so a crash re-sends it (see the module doc).
-                pending = self.queue.submit_record([record])
+                pending = self.queue.submit_record([record], lazy=True)
                 slot = False
                 ep.finished()
                 self._next(key, cfg, ep)
