@@ -226,16 +226,22 @@ def arguments() -> argparse.Namespace:
 
 async def main(args: argparse.Namespace) -> None:
     print(f"event loop: {args.event_loop} (outbox side and receiver)")
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    # Loggers cached as the daemon does (agent/logs.py): uncached, every log call binds anew.
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR), cache_logger_on_first_use=True
+    )
     secret = generate_secret()
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as d:
         tmp = Path(d)
         enq = await bench_enqueue(tmp, args.events, args.producers)
         proc, url = start_receiver_process(secret, args.event_loop)
         try:
-            fifo_n = max(args.deliveries // 5, 100)
-            ceiling = await bench_round_trip(url, secret, fifo_n)
+            fifo_n = max(args.deliveries // 2, 100)
+            # The round trip before and after FIFO: on a shared box it drifts by a third within
+            # minutes, and FIFO is compared with what the same receiver did around it.
+            before = await bench_round_trip(url, secret, fifo_n)
             fifo = await bench_delivery(tmp, url, secret, fifo_n, fifo=True, concurrency=1)
+            ceiling = (before + await bench_round_trip(url, secret, fifo_n)) / 2
             rate = await bench_delivery(tmp, url, secret, args.deliveries, fifo=False, concurrency=16)
             peak = await bench_backlog(tmp, url, secret, args.backlog) if args.backlog else 0.0
         finally:
@@ -243,7 +249,8 @@ async def main(args: argparse.Namespace) -> None:
             proc.wait()
     print(
         f"summary: enqueue {enq:,.0f} events/s (target >= 20,000); delivery {rate:,.0f}/s (target >= 1,000); "
-        f"FIFO {fifo:,.0f}/s = {fifo / ceiling:.0%} of the bare round trip's {ceiling:,.0f}/s (target >= 2,000); "
+        f"FIFO {fifo:,.0f}/s = {fifo / ceiling:.0%} of the bare round trip's {ceiling:,.0f}/s (mean of before "
+        "and after; target >= 2,000); "
         f"backlog RSS peak {peak:.0f} MB (target < 150, flat)"
     )
 

@@ -52,7 +52,7 @@ def _signed_content(msg_id: str, timestamp: int, body: bytes) -> bytes:
 
 
 def sign_v1(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    mac = hmac.new(key, _signed_content(msg_id, timestamp, body), hashlib.sha256).digest()
+    mac = hmac.digest(key, _signed_content(msg_id, timestamp, body), "sha256")  # one C call
     return "v1," + base64.b64encode(mac).decode("ascii")
 
 
@@ -134,6 +134,6 @@ def _verify_standard(
         except (binascii.Error, ValueError):
             continue
         for key in keys:
-            if hmac.compare_digest(hmac.new(key, content, hashlib.sha256).digest(), given):
+            if hmac.compare_digest(hmac.digest(key, content, "sha256"), given):
                 return
     raise InvalidSignature("no matching v1 signature")
