@@ -49,7 +49,7 @@ async def start_daemon_api(rt: Runtime) -> tuple[web.AppRunner, str] | None:
 
 
 async def _metrics(rt: Runtime, request: web.Request) -> web.Response:
-    rt.update_metrics()
+    await rt.update_metrics()
     # Built a slice of machines at a time with the loop running in between: in one go it blocked
     # the loop for 0.6 s at 2,000 machines (agent/metrics_text.py says why not a thread).
     parts: list[str] = []

@@ -23,6 +23,8 @@ GC_LOG_SECONDS = 0.05
 GC_SETTLE_SECONDS = 30.0
 # How often the young generation is collected whatever CPython's allocation count says (GcPauses).
 YOUNG_SWEEP_SECONDS = 0.05
+# A full collection comes after this many collections of the middle generation (CPython: 10).
+FULL_AFTER = 100
 
 
 class LoopLag:
@@ -93,6 +95,8 @@ class GcPauses:
         # collector's sight, a full collection no longer walks them. ``edge-agent run`` keeps the
         # collector off until here (see ``start_without_gc``): it is back on from now on.
         gc.freeze()
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_AFTER)
         gc.enable()
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)

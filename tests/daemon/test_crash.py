@@ -413,6 +413,8 @@ async def test_restart_keeps_the_open_downtime_and_its_clock(
     assert reported["started_at"] == started_at
     assert reported["duration_seconds"] >= math.floor(span)  # whole seconds in webhooks
     assert (ended, started_again) == (1, 0)  # ended in the second run, never restarted there
-    # The 1 s threshold was passed once, before the restart; the restored downtime remembers it.
-    alerts = [body(r)["downtime"]["id"] for r in receiver.received if r.path == "/exceeded"]
-    assert alerts == [dt_id]
+    # The 1 s threshold was passed once, before the restart; the restored downtime remembers it: one
+    # alert message. At-least-once: a kill -9 right after the receiver answered, before the outcome
+    # was committed, sends that message again (same webhook-id, which receivers deduplicate on).
+    alerts = {r.webhook_id: body(r)["downtime"]["id"] for r in receiver.received if r.path == "/exceeded"}
+    assert list(alerts.values()) == [dt_id]
