@@ -24,6 +24,10 @@ GC_SETTLE_SECONDS = 30.0
 # How often the young generation is collected whatever CPython's allocation count says (GcPauses).
 YOUNG_SWEEP_SECONDS = 0.05
 # A full collection comes after this many collections of the middle generation (CPython: 10).
+# Each machine's wait lives a poll interval and is promoted to the oldest generation, so CPython's
+# other condition (a quarter of the long-lived objects new since the last full collection) always
+# holds: at 5,000 machines one every ~3 s, 10-30 ms each, freeing nothing (bench/stalls.py). Now
+# about one a minute; cyclic garbage that reached the oldest generation waits that long.
 FULL_AFTER = 100
 
 
@@ -89,14 +93,16 @@ class GcPauses:
         self._started = 0.0
         self.worst = 0.0
         self._sweeper: asyncio.TimerHandle | None = None
+        self._thresholds: tuple[int, int, int] | None = None  # CPython's, while ours are set
 
     def install(self) -> None:
         # Configuration, derivers and drivers live as long as the process: frozen, out of the
         # collector's sight, a full collection no longer walks them. ``edge-agent run`` keeps the
         # collector off until here (see ``start_without_gc``): it is back on from now on.
         gc.freeze()
-        young, middle, _ = gc.get_threshold()
-        gc.set_threshold(young, middle, FULL_AFTER)
+        if self._thresholds is None:
+            self._thresholds = gc.get_threshold()
+            gc.set_threshold(self._thresholds[0], self._thresholds[1], FULL_AFTER)
         gc.enable()
         if self._callback not in gc.callbacks:
             gc.callbacks.append(self._callback)
@@ -120,6 +126,9 @@ class GcPauses:
             gc.freeze()
 
     def remove(self) -> None:
+        if self._thresholds is not None:
+            gc.set_threshold(*self._thresholds)
+            self._thresholds = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -7,7 +7,7 @@ import asyncio
 import gc
 import time
 
-from agent.loop_watch import YOUNG_SWEEP_SECONDS, GcPauses, LoopLag, start_without_gc
+from agent.loop_watch import FULL_AFTER, YOUNG_SWEEP_SECONDS, GcPauses, LoopLag, start_without_gc
 
 
 async def test_a_callback_that_blocks_the_loop_is_measured_as_lag() -> None:
@@ -61,3 +61,15 @@ async def test_the_young_generation_is_collected_on_a_timer_not_only_by_allocati
         pauses.remove()
         gc.unfreeze()
     assert seen.count(0) >= 4, seen  # an idle loop allocates far too little to trigger one itself
+
+
+async def test_full_collections_wait_for_more_middle_ones_while_the_runtime_runs() -> None:
+    before = gc.get_threshold()
+    pauses = GcPauses()
+    try:
+        pauses.install()
+        assert gc.get_threshold() == (before[0], before[1], FULL_AFTER)
+    finally:
+        pauses.remove()
+        gc.unfreeze()
+    assert gc.get_threshold() == before, "CPython's thresholds are back once the runtime stopped"
