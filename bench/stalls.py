@@ -91,6 +91,8 @@ async def measure(n: int, seconds: float, warmup: float, lean: bool, show: int) 
         if e["gc_generation"] >= 0:
             gc = f"gc {e['gc_ms']:.1f} ms, gen {e['gc_generation']}, {e['gc_garbage']} freed"
         print(f"  {e['ms']:7.1f} ms ({gc:>34})  {e['what']}")
+        if e["stack"]:
+            print("            running then: " + " > ".join(e["stack"]))
 
 
 def main() -> int:

@@ -4,7 +4,9 @@ Times every callback asyncio's loop runs (``Handle._run``: a task step, a protoc
 ``data_received``, a timer) between SIGUSR1 (the window opens: counts start from zero) and SIGUSR2
 (the window closes: the longest ones are written to ``EDGE_AGENT_STALL_OUT`` as JSON, with the task
 and the line it stopped at, and how much of each was garbage collection). The agent handles neither
-signal. asyncio's own loop only: uvloop's handles are compiled.
+signal. asyncio's own loop only: uvloop's handles are compiled. A watchdog thread looks every 5 ms
+and, in a callback already running for ``SAMPLE_AFTER``, takes the main thread's stack once: the
+code that was running, not only the line the step stopped at.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import heapq
 import json
 import os
 import signal
+import sys
+import threading
 import time
+import traceback
 from asyncio import events
 from typing import Any
 
 OUT = os.environ.get("EDGE_AGENT_STALL_OUT")
 KEEP = 30
 NOTE_FROM = 0.005  # callbacks shorter than this are only counted
+SAMPLE_AFTER = 0.012
 
 
 def _describe(handle: events.Handle) -> str:
@@ -60,13 +66,33 @@ def install(out: str) -> None:
             in_gc[2] = max(in_gc[2], info.get("generation", -1))
             in_gc[3] += info.get("collected", 0)
 
+    running = [0.0, 0]  # when the running callback started (0: none), its number
+    stacks: dict[int, list[str]] = {}
+    main = threading.get_ident()
+
+    def watchdog() -> None:
+        sampled = -1
+        while True:
+            time.sleep(0.005)
+            since, number = running
+            if since and number != sampled and time.perf_counter() - since >= SAMPLE_AFTER:
+                frame = sys._current_frames().get(main)
+                if frame is not None and running[1] == number:
+                    summary = traceback.extract_stack(frame)[-6:]
+                    stacks[number] = [f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno} {f.name}" for f in summary]
+                    sampled = number
+
     def timed(self: events.Handle) -> None:
         gc_before = in_gc[1]
         in_gc[2] = -1
         in_gc[3] = 0
         t = time.perf_counter()
+        running[1] += 1
+        running[0] = t
         run(self)
+        running[0] = 0.0
         took = time.perf_counter() - t
+        stack = stacks.pop(running[1], None)
         if not window[0]:
             return
         counted[0] += 1
@@ -78,6 +104,7 @@ def install(out: str) -> None:
             "gc_ms": round((in_gc[1] - gc_before) * 1000, 1),
             "gc_generation": int(in_gc[2]),  # the oldest collected inside it, -1: none
             "gc_garbage": int(in_gc[3]),
+            "stack": stack,  # sampled SAMPLE_AFTER into the callback, innermost last
             "what": _describe(self),
         }
         item = (took, counted[0], entry)
@@ -116,6 +143,7 @@ def install(out: str) -> None:
                 f,
             )
 
+    threading.Thread(target=watchdog, name="stall-watchdog", daemon=True).start()
     gc.callbacks.append(collecting)
     events.Handle._run = timed  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, open_window)
