@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -202,14 +203,15 @@ def window(pid: int, sim: Simulator, seconds: float) -> dict[str, float]:
     }
 
 
-async def daemon(sim: Simulator, seconds: float, warmup: float, event_loop: str) -> dict[str, float]:
+async def webhook_sink() -> tuple[Any, str, list[int]]:
+    """Where the daemon's status webhooks go (204 to each): the runner to clean up, its URL, and
+    the number received so far (``got[0]``)."""
     from aiohttp import web
 
-    got = 0
+    got = [0]
 
     async def hook(request: web.Request) -> web.Response:
-        nonlocal got
-        got += 1
+        got[0] += 1
         return web.Response(status=204)
 
     app = web.Application()
@@ -218,8 +220,13 @@ async def daemon(sim: Simulator, seconds: float, warmup: float, event_loop: str)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, HOST, port).start()
+    return runner, f"http://{HOST}:{port}/hook", got
+
+
+async def daemon(sim: Simulator, seconds: float, warmup: float, event_loop: str) -> dict[str, float]:
+    runner, hook_url, got = await webhook_sink()
     root = Path(tempfile.mkdtemp(prefix="ea-daemon-"))
-    config, api = write_config(root, sim.ports, f"http://{HOST}:{port}/hook", event_loop)
+    config, api = write_config(root, sim.ports, hook_url, event_loop)
     agent = await Agent.spawn(root, config)
     try:
         ready = await agent.ready(within=120) - agent.spawned_at
@@ -240,7 +247,7 @@ async def daemon(sim: Simulator, seconds: float, warmup: float, event_loop: str)
             "lag_p99": quantile_from_buckets(lag, "edge_agent_poll_lag_seconds", 0.99),
             "loop_lag_max": quantile_from_buckets(loop_lag, "edge_agent_event_loop_lag_seconds", 1.0),
             "scrape": scrape_s,
-            "webhooks": got,
+            "webhooks": got[0],
         }
     finally:
         await agent.stop()

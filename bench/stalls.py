@@ -26,28 +26,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.daemon import HOST, Simulator, cpu_seconds, scrape, write_config  # noqa: E402
-from bench.e2e import Agent, free_port  # noqa: E402
+from bench.daemon import Simulator, cpu_seconds, scrape, webhook_sink, write_config  # noqa: E402
+from bench.e2e import Agent  # noqa: E402
 
 RULE_MS = 20.0
 
 
 async def measure(n: int, seconds: float, warmup: float, lean: bool, show: int) -> None:
-    from aiohttp import web
-
-    async def hook(request: web.Request) -> web.Response:
-        return web.Response(status=204)
-
     sim = Simulator(n, lean)
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, HOST, port).start()
+    runner, hook_url, _ = await webhook_sink()
     root = Path(tempfile.mkdtemp(prefix="ea-stalls-"))
     out = root / "stalls.json"
-    config, api = write_config(root, sim.ports, f"http://{HOST}:{port}/hook", "asyncio")
+    config, api = write_config(root, sim.ports, hook_url, "asyncio")
     probe = str(ROOT / "bench" / "stall_probe")
     path = os.pathsep.join(p for p in (probe, os.environ.get("PYTHONPATH", "")) if p)
     agent = await Agent.spawn(root, config, env={"PYTHONPATH": path, "EDGE_AGENT_STALL_OUT": str(out)})
