@@ -34,9 +34,9 @@ RESERVE_BYTES = 2 * 1024 * 1024
 RESERVE_SUFFIX = ".reserve"
 
 # A FIFO endpoint delivering one row at a time committed each outcome on its own (0.7 commits per
-# delivery on asyncio's loop); waiting this long lets consecutive outcomes share a commit (0.07),
-# which cut the process CPU per delivery by a fifth to a third (bench/outbox.py) and the fsyncs
-# (flash wear) tenfold. The cost: after a crash, outcomes of up to this long are re-sent.
+# delivery on asyncio's loop); waiting this long lets consecutive outcomes share a commit (0.07,
+# printed by bench/outbox.py), which cut the process CPU per FIFO delivery by a fifth to a third and
+# the fsyncs (flash wear) tenfold. The cost: after a crash, outcomes of up to this long are re-sent.
 LAZY_COMMIT_SECONDS = 0.01
 # ... or until this many operations are queued.
 LAZY_COMMIT_OPS = 64
