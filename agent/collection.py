@@ -1,9 +1,10 @@
 """Collection: one collector per configured machine, each a supervised task; every poll's samples
-are counted and handed on. The protocol library is imported only when a machine uses it."""
+are handed on, and what the collectors counted goes into the metrics. The protocol library is imported only when a machine uses it."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -13,7 +14,7 @@ from agent.config.machines import MachineConfig
 from agent.metrics import Metrics, PollSeries
 from agent.supervisor import Supervisor
 from agent.wakeups import Wakeups
-from drivers.base import Driver, Quality, Sample
+from drivers.base import Driver, Sample
 
 if TYPE_CHECKING:  # the Modbus modules are imported only when a machine uses Modbus
     from drivers.modbus.link import LinkPool
@@ -53,10 +54,10 @@ class MachineRun:
     errors_seen: int = 0
     overruns_seen: int = 0
     skipped_seen: int = 0
-    # Readings counted here per poll and handed to the metrics once a second: a labelled
-    # prometheus child per poll (a lock and a dict lookup) showed up in the poll path's profile.
-    good: int = 0
-    bad: int = 0
+    # The collector counts readings by quality; the metrics take the growth every few seconds: a
+    # labelled prometheus child per poll (a lock and a dict lookup) showed up in the poll path's profile.
+    good_seen: int = 0
+    bad_seen: int = 0
 
 
 class Collection:
@@ -88,7 +89,7 @@ class Collection:
         collector = Collector(
             build_driver(machine, self._modbus_links),
             poll_interval=machine.poll_interval,
-            sink=self._sink(machine.id),
+            sink=functools.partial(self._on_samples, machine.id),
             subscribe=machine.subscribes,
             tags=tuple(machine.connection.tag_names),
             wakeups=self.wakeups,
@@ -118,24 +119,6 @@ class Collection:
         self.runs.pop(machine_id, None)
         self._metrics.forget_machine(machine_id)
 
-    def _sink(self, machine_id: str) -> Callable[[Sequence[Sample]], None]:
-        on_samples = self._on_samples
-        good_quality = Quality.GOOD
-        runs = self.runs
-
-        def sink(samples: Sequence[Sample]) -> None:
-            good = 0
-            for s in samples:
-                if getattr(s, "quality", good_quality) is good_quality:
-                    good += 1
-            run = runs.get(machine_id)
-            if run is not None:
-                run.good += good
-                run.bad += len(samples) - good
-            on_samples(machine_id, samples)
-
-        return sink
-
     def observe_polls(self, machine_ids: Iterable[str] | None = None) -> None:
         """Readings, poll durations, lags, errors, overruns and missed ticks since the last call,
         into the metrics (the ticker calls this once a second, for a slice of the machines at a time)."""
@@ -146,13 +129,13 @@ class Collection:
             if run is None:
                 continue
             series = run.series
-            if run.good:
-                series.good.inc(run.good)
-                run.good = 0
-            if run.bad:
-                series.bad.inc(run.bad)
-                run.bad = 0
             st = run.collector.stats
+            if st.good != run.good_seen:
+                series.good.inc(st.good - run.good_seen)
+                run.good_seen = st.good
+            if st.bad != run.bad_seen:
+                series.bad.inc(st.bad - run.bad_seen)
+                run.bad_seen = st.bad
             new = st.polls - run.polls_seen
             if new <= 0:
                 continue

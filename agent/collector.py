@@ -11,6 +11,7 @@ The scheduling arithmetic (``next_slot``, ``drivers.backoff.backoff_delay``) is 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import zlib
@@ -30,7 +31,10 @@ BACKOFF_BASE = 0.5
 # A restarted controller must be read again within 10 s of coming back: a wait of at most 4 s here,
 # plus at most 4 s in the Modbus link's own backoff, plus one poll.
 BACKOFF_CAP = 4.0
-LAG_WINDOW = 120  # recent cycle lags kept per machine for metrics
+# Recent cycle lags kept per machine for the metrics, which take them every few seconds
+# (``runtime.METRICS_SECONDS``): at least LAG_WINDOW, and LAG_SECONDS' worth of a fast machine's.
+LAG_WINDOW = 120
+LAG_SECONDS = 30.0
 
 
 def next_slot(scheduled: float, finished: float, interval: float) -> tuple[float, int]:
@@ -63,6 +67,8 @@ class CollectorStats:
     overruns: int = 0  # cycles that ran past the next tick
     skipped: int = 0  # ticks not polled because a cycle overran
     errors: int = 0  # cycles with a reading that was not good, or a driver failure
+    good: int = 0  # samples handed on: readings of good quality (and pushed alarm samples)
+    bad: int = 0  # ... and readings of any other quality
     connects: int = 0
     connect_failures: int = 0
     last_poll_duration: float = 0.0
@@ -91,6 +97,7 @@ class Collector:
         self.poll_interval = poll_interval
         self.sink = sink
         self.stats = CollectorStats()
+        self.stats.lags = deque(maxlen=max(LAG_WINDOW, math.ceil(LAG_SECONDS / poll_interval)))
         self._clock = clock
         self._wall = wall
         self._subscribe = subscribe
@@ -165,6 +172,7 @@ class Collector:
         if not self._tags:
             return
         ts = self._wall()
+        self.stats.bad += len(self._tags)
         self._deliver(
             [Reading(self.machine_id, tag, None, Quality.DISCONNECTED, ts, reason) for tag in self._tags]
         )
@@ -220,15 +228,17 @@ class Collector:
                 self._overrunning = False
 
     def _judge(self, readings: Sequence[Sample], failure: str) -> None:
-        """Log once when a machine's readings go bad and once when they recover, not every cycle."""
+        """Count the readings by quality; log once when they go bad and once when they recover."""
         reason = failure
-        bad = 0
+        bad = len(readings) if failure else 0
         if not failure:
             for r in readings:
                 if isinstance(r, Reading) and r.quality is not Quality.GOOD:
                     bad += 1
                     if not reason:
                         reason = f"{r.tag}: {r.quality}: {r.reason or 'no reason given'}"
+        self.stats.good += len(readings) - bad
+        self.stats.bad += bad
         if reason:
             self.stats.errors += 1
             if self._healthy:
@@ -251,12 +261,22 @@ class Collector:
 
     async def _try_subscribe(self) -> bool:
         try:
-            subscribed = await self.driver.subscribe(self.sink)
+            subscribed = await self.driver.subscribe(self._pushed)
         except Exception as exc:
             log.warning("subscribe_failed", machine=self.machine_id, error=repr(exc))
             subscribed = False
         _raise_if_cancelled()
         return subscribed
+
+    def _pushed(self, samples: Sequence[Sample]) -> None:
+        """What a subscription pushes, counted as the polls' readings are (``_judge``)."""
+        bad = 0
+        for s in samples:
+            if isinstance(s, Reading) and s.quality is not Quality.GOOD:
+                bad += 1
+        self.stats.good += len(samples) - bad
+        self.stats.bad += bad
+        self.sink(samples)
 
     async def _watch(self) -> None:
         """While the driver pushes samples, only check once per interval that it is still connected."""

@@ -1,9 +1,10 @@
 """The panel's live feed: an in-process publish/subscribe of machine tiles and tag values.
 
-The runtime calls ``samples`` from each collector's sink (after derivation) and ``observe_all`` after
-each tick; a tile whose view changed is published at once to every open board. Nothing here polls:
-a subscriber waits on its own ``asyncio.Event``. A slow browser cannot make the agent hoard messages:
-a subscriber keeps only the newest tile of each machine (and tag set of its machine) until it reads.
+The runtime calls ``samples`` from each collector's sink (after derivation), ``observe`` for the
+machine of every derived event, and ``observe_all`` for a ``sweep`` of the machines each tick; a
+tile whose view changed is published at once to every open board. Nothing here polls: a subscriber
+waits on its own ``asyncio.Event``. A slow browser cannot make the agent hoard messages: a
+subscriber keeps only the newest tile of each machine (and tag set of its machine) until it reads.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class LiveFeed:
         self._subscribers: set[Subscriber] = set()
         self.published = 0  # tile changes sent out (bench/panel.py reads it); pages carry it as ``since``
         self._version: dict[str, int] = {}  # machine -> ``published`` when its tile last changed
+        self._cursor = 0  # where ``sweep`` goes on
         self.closed = False
 
     # -- fed by the runtime
@@ -74,8 +76,7 @@ class LiveFeed:
     def samples(self, machine_id: str, samples: Sequence[Any], derived: bool = True) -> None:
         """A collector delivered ``samples`` and the pipeline derived from them; ``derived`` says it
         produced events. Every change a tile shows (state, alarm, downtime, part count) is an event,
-        so a poll without one costs only the bookkeeping of tag values; the tick's ``observe_all``
-        catches the rest within a second."""
+        so a poll without one costs only the bookkeeping of tag values."""
         latest = self._tags.setdefault(machine_id, {})
         plain = _PLAIN_QUALITY
         for s in samples:
@@ -107,16 +108,36 @@ class LiveFeed:
             self._wake(sub)
 
     def observe_all(self, machine_ids: Iterable[str] | None = None) -> None:
-        """After a tick (timers, categorizations from the API, reloads): compare every machine, or
-        those of ``machine_ids`` (the tick goes through them a slice per loop turn)."""
+        """Compare every machine (and drop those a reload removed), or only those of ``machine_ids``."""
+        if machine_ids is None:
+            self._forget_removed()
+            machine_ids = list(self._machines())
+        for mid in machine_ids:
+            self.observe(mid)
+
+    def sweep(self, rounds: int) -> list[str]:
+        """The next ``1/rounds`` of the machines, in turn: every machine once within ``rounds`` calls.
+
+        The runtime observes the machines of every event as it fires (a timer's status change, an
+        operator's category); once a tick it also compares this share, for what no event marks: the
+        day's part count at midnight, a machine a reload removed. Comparing every tile every second
+        was 8 % of the daemon's CPU at 5,000 machines."""
+        known = list(self._machines())
+        if self._cursor >= len(known):
+            self._cursor = 0
+            self._forget_removed()
+        share = -(-len(known) // max(1, rounds))
+        out = known[self._cursor : self._cursor + share]
+        self._cursor += share
+        return out
+
+    def _forget_removed(self) -> None:
         known = self._machines()
         for mid in list(self._tiles):
             if mid not in known:  # removed by a reload
                 del self._tiles[mid]
                 self._tags.pop(mid, None)
                 self._version.pop(mid, None)
-        for mid in list(known) if machine_ids is None else machine_ids:
-            self.observe(mid)
 
     # -- read by the panel
 

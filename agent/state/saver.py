@@ -61,6 +61,8 @@ class StateSaver:
         self._captured: dict[str, Mapping[str, Any]] = {}
         # machine -> the captured state of its last planned batch, waiting to be written
         self._planned_state: dict[str, Mapping[str, Any]] = {}
+        # machine -> its snapshot as last written, without ``last_now``: see ``_encode_live``.
+        self._written: dict[str, str] = {}
         self._saving: asyncio.Event | None = None
         self._save_all = False  # a waiting write must take every changed machine
         self._save_some: set[str] = set()  # ... or at least these
@@ -130,11 +132,19 @@ class StateSaver:
                 done, self._saving = self._saving, None
                 done.set()
 
-    async def _encode_live(self, machines: list[str], out: dict[str, Mapping[str, Any] | str]) -> set[str]:
+    async def _encode_live(
+        self, machines: list[str], out: dict[str, Mapping[str, Any] | str], written: dict[str, str]
+    ) -> set[str]:
         """Snapshot and encode these machines into ``out``, yielding to the loop between slices:
         at 2,000 machines doing it in one go blocked the loop for ~140 ms every 5 s. A machine whose
         events became unplanned while we yielded is left dirty for a later save (its live state is
-        now ahead of the journal). Returns the machines taken."""
+        now ahead of the journal). Returns the machines taken.
+
+        A snapshot equal to the one last written but for ``last_now`` (the clock floor, which moves
+        at every poll) is not written again: the stored floor is still later than every time in
+        the stored state. Rewriting every machine every 5 s was 2.8 MB of flash a save at 5,000
+        machines, though a machine's state changes with its status, alarms and parts only.
+        ``written`` gets the new texts; they replace ``self._written`` once the write succeeded."""
         taken: set[str] = set()
         for start in range(0, len(machines), SNAPSHOT_SLICE):
             if start:
@@ -145,7 +155,12 @@ class StateSaver:
                     continue
                 snap = self._snapshot(mid)
                 if snap is not None:
-                    out[mid] = json.dumps(snap, separators=(",", ":"))
+                    rest = json.dumps(
+                        {k: v for k, v in snap.items() if k != "last_now"}, separators=(",", ":")
+                    )
+                    if self._written.get(mid) != rest:
+                        out[mid] = json.dumps(snap, separators=(",", ":"))
+                        written[mid] = rest
                 taken.add(mid)
         return taken
 
@@ -171,7 +186,8 @@ class StateSaver:
             return
         self._dirty -= dirty
         snapshots: dict[str, Mapping[str, Any] | str] = dict(held)
-        taken = await self._encode_live(sorted(dirty), snapshots)
+        written: dict[str, str] = {}
+        taken = await self._encode_live(sorted(dirty), snapshots, written)
         # The journal last: every event in a snapshot taken above was planned by then, so its rows
         # are in this copy of the journal (crash consistency does not depend on the slicing).
         journal = self._journal.dirty
@@ -191,6 +207,9 @@ class StateSaver:
             self._save_some |= some
             log.error("derived_state_not_saved", machines=len(snapshots), error=str(exc))
             return
+        for mid in held:
+            self._written.pop(mid, None)  # stored now: an older state than the live one
+        self._written.update(written)
         if save_all:
             # Only a full save resets the periodic timer, so firings cannot starve the other machines.
             self._last_save = self._clock() if now is None else now

@@ -109,6 +109,20 @@ def test_a_machine_removed_by_a_reload_leaves_the_board() -> None:
     assert feed.tiles() == []
 
 
+def test_a_sweep_goes_through_every_machine_in_turn_and_forgets_removed_ones() -> None:
+    plant = Plant()
+    feed = plant.feed()
+    ids = [f"m{i:02d}" for i in range(23)]
+    plant.machines.clear()
+    plant.machines.update({mid: MACHINE for mid in ids})
+    seen = [feed.sweep(10) for _ in range(8)]  # shares of ceil(23 / 10) = 3
+    assert [mid for share in seen for mid in share] == ids, "each machine once, within 10 sweeps"
+    feed.observe_all(ids)
+    del plant.machines[ids[0]]
+    assert feed.sweep(10) == ids[1:4], "a new round starts"
+    assert set(feed._tiles) == set(ids[1:]), "a machine a reload removed is dropped as a round starts"
+
+
 def test_tiles_carry_no_growing_durations() -> None:
     plant = Plant()
     d = plant.derivers[MACHINE.id]

@@ -77,3 +77,55 @@ async def test_a_machine_whose_events_wait_to_be_planned_mid_save_stays_for_the_
     assert second[late] == {"version": 1, "n": 1}
     assert JOURNAL_KEY not in second  # nothing was journalled in this test
     assert json.dumps(second[MACHINES[0]]) == json.dumps({"version": 1, "n": 0})
+
+
+class Clocked(Derived):
+    """Snapshots carry ``last_now``, the deriver's clock floor, which moves at every poll."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 100.0
+
+    def snapshot(self, machine_id: str) -> dict[str, Any]:
+        return {**super().snapshot(machine_id), "last_now": self.now}
+
+
+async def test_a_machine_whose_state_changed_only_in_its_clock_floor_is_not_written_again(
+    tmp_path: Path,
+) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    derived = Clocked()
+    saver = StateSaver(store, derived.snapshot, Journal(), lambda: False, lambda: 100.0, 5.0)
+    for mid in MACHINES:
+        saver.changed(mid)
+    await saver.save(100.0)
+    derived.now = 105.0  # every machine polled since ...
+    moved = MACHINES[3]
+    derived.state[moved] = 7  # ... and one of them counted parts
+    for mid in MACHINES:
+        saver.changed(mid)
+    await saver.save(105.0)
+    saved = await store.load_all()
+    await store.close()
+    assert saved[moved] == {"version": 1, "n": 7, "last_now": 105.0}
+    unchanged = [mid for mid in MACHINES if mid != moved]
+    assert {saved[mid]["last_now"] for mid in unchanged} == {100.0}, "rewritten though unchanged"
+    assert all(saved[mid]["n"] == 0 for mid in unchanged)
+
+
+async def test_a_save_that_failed_is_written_in_full_by_the_next(tmp_path: Path) -> None:
+    store = await StateStore.open(tmp_path / "state.sqlite3")
+    derived = Clocked()
+    saver = StateSaver(store, derived.snapshot, Journal(), lambda: False, lambda: 100.0, 5.0)
+    db = store._db  # the disk-full drill: SQLite refuses every write that needs a new page
+    (pages,) = next(iter(await db.execute_fetchall("PRAGMA page_count")))
+    await db.execute_fetchall(f"PRAGMA max_page_count = {int(pages)}")
+    for mid in MACHINES:
+        saver.changed(mid)
+    await saver.save(100.0)
+    assert await store.load_all() == {}
+    await db.execute_fetchall("PRAGMA max_page_count = 1073741823")
+    await saver.save(105.0)  # nothing changed since: what failed must still be written
+    saved = await store.load_all()
+    await store.close()
+    assert set(saved) == set(MACHINES)
