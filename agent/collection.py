@@ -120,8 +120,9 @@ class Collection:
         self._metrics.forget_machine(machine_id)
 
     def observe_polls(self, machine_ids: Iterable[str] | None = None) -> None:
-        """Readings, poll durations, lags, errors, overruns and missed ticks since the last call,
-        into the metrics (the ticker calls this once a second, for a slice of the machines at a time)."""
+        """Readings, the slowest poll, lags, errors, overruns and missed ticks since the last call,
+        into the metrics (the runtime calls this every few seconds and for each scrape, for a slice
+        of the machines at a time)."""
         metrics = self._metrics
         runs = self.runs
         for mid in list(runs) if machine_ids is None else machine_ids:
@@ -139,7 +140,8 @@ class Collection:
             new = st.polls - run.polls_seen
             if new <= 0:
                 continue
-            series.duration.observe(st.last_poll_duration)
+            series.duration.observe(st.slowest)
+            st.slowest = 0.0
             errors, overran, missed = (
                 st.errors - run.errors_seen,
                 st.overruns - run.overruns_seen,

@@ -72,6 +72,7 @@ class CollectorStats:
     connects: int = 0
     connect_failures: int = 0
     last_poll_duration: float = 0.0
+    slowest: float = 0.0  # the longest cycle since the metrics last took it (they reset it)
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAG_WINDOW))
 
 
@@ -202,7 +203,9 @@ class Collector:
             lag = start - scheduled
             stats.polls += 1
             stats.lags.append(lag)
-            stats.last_poll_duration = finished - start
+            took = stats.last_poll_duration = finished - start
+            if took > stats.slowest:
+                stats.slowest = took
             self._judge(readings, failure)
             self._deliver(readings)
             # Not kept through the sleep: held for a second, the readings of every machine (100,000 at

@@ -78,7 +78,7 @@ class Metrics:
         )
         self.poll_duration = Histogram(
             f"{ns}_poll_duration_seconds",
-            "Duration of one poll cycle of a machine.",
+            "A machine's slowest poll cycle in each update of the series (every 10 s, and at each scrape).",
             ["machine"],
             buckets=POLL_BUCKETS,
             registry=r,
@@ -190,7 +190,7 @@ class Metrics:
         """One series per machine while it is DISCONNECTED or BAD (value: since when); none otherwise."""
         old = self._unreadable.get(machine)
         if old is None and (status is None or since is None):
-            return  # the common case every second: readable before and now, nothing to touch
+            return  # the common case at every update: readable before and now, nothing to touch
         m = safe_label(machine)
         labels = None if status is None or since is None else (safe_label(status), safe_label(reason or ""))
         if old is not None and (old[0], old[1]) == (labels, since):

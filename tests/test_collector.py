@@ -165,6 +165,28 @@ async def test_first_connect_is_retried_until_the_device_appears() -> None:
         if server is not None:
             await server.stop()
     assert collector.driver.state is ConnectionState.DISCONNECTED  # run() closed the driver
+    # Every reading handed on is counted by quality (the metrics' readings_total): outages and polls.
+    readings = [r for batch in sink.batches for r in batch]
+    assert collector.stats.bad == sum(r.quality is not Quality.GOOD for r in readings) > 0
+    assert collector.stats.good == sum(r.quality is Quality.GOOD for r in readings) > 0
+
+
+async def test_a_fast_machine_keeps_its_poll_lags_for_the_metrics_between_their_updates(
+    sim: ModbusSimulator,
+) -> None:
+    # The metrics take the lags every 10 s: a machine polled every 10 ms makes 1,000 by then.
+    fast = Collector(modbus_driver(sim.port), poll_interval=0.01, sink=Recorder())
+    slow = Collector(modbus_driver(sim.port), poll_interval=5.0, sink=Recorder())
+    assert fast.stats.lags.maxlen == 3000
+    assert slow.stats.lags.maxlen == 120
+    task = asyncio.create_task(fast.run())
+    try:
+        await wait_until(lambda: fast.stats.polls >= 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(fast.stats.lags) == fast.stats.polls
+    assert fast.stats.slowest >= fast.stats.last_poll_duration > 0
 
 
 async def test_collection_resumes_after_a_server_restart() -> None:
