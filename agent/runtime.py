@@ -46,8 +46,8 @@ MACHINE_SLICE = 250
 # Each tick compares 1/TILE_SWEEP_TICKS of the panel's tiles (``LiveFeed.sweep``); events update theirs at once.
 TILE_SWEEP_TICKS = 10
 # The tick brings the per-machine series up to date this often (a scrape always does first): every
-# second, that was 11 % of the daemon's CPU at 5,000 machines. The collectors keep the poll lags of
-# at least this long (``Collector.lag_window``).
+# second, that was 11 % of the daemon's CPU at 5,000 machines. The collectors keep 30 s of poll
+# lags in between (``collector.LAG_SECONDS``).
 METRICS_SECONDS = 10.0
 
 
