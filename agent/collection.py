@@ -1,5 +1,6 @@
 """Collection: one collector per configured machine, each a supervised task; every poll's samples
-are handed on, and what the collectors counted goes into the metrics. The protocol library is imported only when a machine uses it."""
+are handed on, and what the collectors counted goes into the metrics. The protocol library is
+imported only when a machine uses it."""
 
 from __future__ import annotations
 

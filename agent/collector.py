@@ -97,8 +97,9 @@ class Collector:
         self.machine_id = driver.machine_id
         self.poll_interval = poll_interval
         self.sink = sink
-        self.stats = CollectorStats()
-        self.stats.lags = deque(maxlen=max(LAG_WINDOW, math.ceil(LAG_SECONDS / poll_interval)))
+        self.stats = CollectorStats(
+            lags=deque(maxlen=max(LAG_WINDOW, math.ceil(LAG_SECONDS / poll_interval)))
+        )
         self._clock = clock
         self._wall = wall
         self._subscribe = subscribe

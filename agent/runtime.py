@@ -43,7 +43,8 @@ OUTBOX_COUNTS_SECONDS = 10.0
 # one turn of 50 ms (metrics) and 22 ms (tiles) at 3,500 machines, every second: the polls due in it
 # were that late. 500 a turn still took 11 ms at 5,000 machines on a loaded core (bench/stalls.py).
 MACHINE_SLICE = 250
-# Each tick compares 1/TILE_SWEEP_TICKS of the panel's tiles (``LiveFeed.sweep``); events update theirs at once.
+# Each tick compares 1/TILE_SWEEP_TICKS of the panel's tiles (``LiveFeed.sweep``); an event updates
+# its machine's tile at once.
 TILE_SWEEP_TICKS = 10
 # The tick brings the per-machine series up to date this often (a scrape always does first): every
 # second, that was 11 % of the daemon's CPU at 5,000 machines. The collectors keep 30 s of poll
