@@ -233,16 +233,8 @@ class Collector:
 
     def _judge(self, readings: Sequence[Sample], failure: str) -> None:
         """Count the readings by quality; log once when they go bad and once when they recover."""
-        reason = failure
-        bad = len(readings) if failure else 0
-        if not failure:
-            for r in readings:
-                if isinstance(r, Reading) and r.quality is not Quality.GOOD:
-                    bad += 1
-                    if not reason:
-                        reason = f"{r.tag}: {r.quality}: {r.reason or 'no reason given'}"
-        self.stats.good += len(readings) - bad
-        self.stats.bad += bad
+        bad, first = self._count(readings)
+        reason = failure or first
         if reason:
             self.stats.errors += 1
             if self._healthy:
@@ -273,14 +265,22 @@ class Collector:
         return subscribed
 
     def _pushed(self, samples: Sequence[Sample]) -> None:
-        """What a subscription pushes, counted as the polls' readings are (``_judge``)."""
-        bad = 0
-        for s in samples:
-            if isinstance(s, Reading) and s.quality is not Quality.GOOD:
+        """What a subscription pushes, counted as the polls' readings are."""
+        self._count(samples)
+        self.sink(samples)
+
+    def _count(self, samples: Sequence[Sample]) -> tuple[int, str]:
+        """Count the samples by quality (the metrics' readings); returns how many readings were not
+        good and why the first of them was not."""
+        bad, first = 0, ""
+        for r in samples:
+            if isinstance(r, Reading) and r.quality is not Quality.GOOD:
                 bad += 1
+                if not first:
+                    first = f"{r.tag}: {r.quality}: {r.reason or 'no reason given'}"
         self.stats.good += len(samples) - bad
         self.stats.bad += bad
-        self.sink(samples)
+        return bad, first
 
     async def _watch(self) -> None:
         """While the driver pushes samples, only check once per interval that it is still connected."""

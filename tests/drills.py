@@ -11,12 +11,15 @@ from pathlib import Path
 import pytest
 
 from agent.delivery.outbox import Outbox
+from agent.state.store import StateStore
 
 
-async def set_page_limit(outbox: Outbox, pages: int) -> int:
-    """``PRAGMA max_page_count`` on the outbox's writer connection: the disk-full drill (SQLite then
-    fails every write that needs a new page with SQLITE_FULL). Returns the effective limit."""
-    rows = await outbox.writer.conn.execute_fetchall(f"PRAGMA max_page_count = {int(pages)}")
+async def set_page_limit(target: Outbox | StateStore, pages: int) -> int:
+    """``PRAGMA max_page_count`` on the outbox's writer connection (or the state store's): the
+    disk-full drill (SQLite then fails every write that needs a new page with SQLITE_FULL).
+    Returns the effective limit."""
+    conn = target.writer.conn if isinstance(target, Outbox) else target._db
+    rows = await conn.execute_fetchall(f"PRAGMA max_page_count = {int(pages)}")
     return int(next(iter(rows))[0])
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from agent.state.journal import JOURNAL_KEY, Journal
 from agent.state.saver import SNAPSHOT_SLICE, StateSaver
 from agent.state.store import StateStore
+from tests.drills import set_page_limit
 
 MACHINES = [f"m{i:04d}" for i in range(3 * SNAPSHOT_SLICE + 7)]
 
@@ -117,14 +118,12 @@ async def test_a_save_that_failed_is_written_in_full_by_the_next(tmp_path: Path)
     store = await StateStore.open(tmp_path / "state.sqlite3")
     derived = Clocked()
     saver = StateSaver(store, derived.snapshot, Journal(), lambda: False, lambda: 100.0, 5.0)
-    db = store._db  # the disk-full drill: SQLite refuses every write that needs a new page
-    (pages,) = next(iter(await db.execute_fetchall("PRAGMA page_count")))
-    await db.execute_fetchall(f"PRAGMA max_page_count = {int(pages)}")
+    await set_page_limit(store, 1)  # the disk-full drill: capped at the pages the file has now
     for mid in MACHINES:
         saver.changed(mid)
     await saver.save(100.0)
     assert await store.load_all() == {}
-    await db.execute_fetchall("PRAGMA max_page_count = 1073741823")
+    await set_page_limit(store, 1_073_741_823)
     await saver.save(105.0)  # nothing changed since: what failed must still be written
     saved = await store.load_all()
     await store.close()
